@@ -1,0 +1,177 @@
+"""The three steps of a run: export -> train -> evaluate (and publish). Celery tasks call these.
+
+Each step reads the run from the database, does nothing unless the run is still active, and
+records its outcome there. An expected failure (PipelineError) fails the run with its code and
+message and emits an `error` event; a cancel discards the work folder and emits `cancelled`.
+Later steps of a failed or cancelled run see its status and return at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from shared.errors import CancelledError, PipelineError
+from shared.events import Emitter
+from shared.fsutil import write_json_atomic
+from shared.models import FineTuneRun
+from shared.names import STATUS_CANCELLED, STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING
+from shared.traces import TraceStore
+from worker.runtime import Runtime, runtime
+from worker.training.artifacts import RunPaths
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Copy this process's log records into the run's log file while a step runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _fail(rt: Runtime, run: FineTuneRun, emitter: Emitter, exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, CancelledError):
+        RunPaths(rt.settings.lora_output_dir, run.id).discard()
+        rt.runs.finish(run.id, STATUS_CANCELLED, error_code=exc.code, error_message=exc.message)
+        emitter.emit("cancelled", status=STATUS_CANCELLED, message=exc.message)
+        return {"status": STATUS_CANCELLED}
+    if isinstance(exc, PipelineError):
+        code, message, suggestion = exc.code, exc.message, exc.suggestion
+    else:
+        log.error("run %s failed unexpectedly:\n%s", run.id, traceback.format_exc())
+        code, message, suggestion = "GENERAL", f"{type(exc).__name__}: {exc}", None
+    rt.runs.finish(run.id, STATUS_FAILED, error_code=code, error_message=message)
+    emitter.emit("error", code=code, message=message, suggestion=suggestion, status=STATUS_FAILED)
+    return {"status": STATUS_FAILED, "code": code}
+
+
+def _step(run_id: str, body: Callable[[Runtime, FineTuneRun, Emitter], dict[str, Any]],
+          *, claim: bool = False) -> dict[str, Any]:
+    rt = runtime()
+    if claim and not rt.runs.claim(run_id):
+        return {"status": "skipped", "reason": "run is not pending"}
+    run = rt.runs.get(run_id)
+    if run.status != STATUS_RUNNING:
+        return {"status": "skipped", "reason": f"run is {run.status}"}
+    log_path = Path(run.log_path or rt.settings.log_dir / f"{run_id}.log")
+    emitter = rt.emitter(run_id, log_path=log_path)
+    with run_log(log_path):
+        try:
+            if run.cancel_requested or rt.cancel_requested(run_id):
+                raise CancelledError()
+            return body(rt, run, emitter)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run
+            return _fail(rt, run, emitter, exc)
+
+
+def export_step(run_id: str) -> dict[str, Any]:
+    def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
+        from worker.export import export_traces
+
+        config = run.config_dict()
+        output_dir = rt.settings.temp_dir / run.id
+        result = export_traces(
+            TraceStore(rt.settings.traces_db_path), min_quality=config["minQualityScore"],
+            output_dir=output_dir, val_split=config["valSplit"], seed=config["seed"],
+        )
+        rt.runs.update(
+            run.id, traces_used=result.traces_used, train_examples=result.train_count,
+            val_examples=result.val_count, export_dir=str(output_dir),
+        )
+        emitter.emit("export_complete", train_count=result.train_count,
+                     val_count=result.val_count, path=str(output_dir))
+        return {"status": "exported", "train_count": result.train_count}
+
+    return _step(run_id, body, claim=True)
+
+
+def train_step(run_id: str) -> dict[str, Any]:
+    def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
+        from worker.training.job import TrainJob, resolve_backend, run_backend
+        from worker.training.models import resolve_model
+
+        config = run.config_dict()
+        paths = RunPaths(rt.settings.lora_output_dir, run.id)
+        paths.discard()  # a re-delivered task starts clean; crash resume is checkpoint-based
+        export_dir = Path(run.export_dir or "")
+        rt.runs.update(run.id, backend=resolve_backend(config["backend"]))
+        job = TrainJob(
+            run_id=run.id,
+            config=config,
+            model_path=resolve_model(config["baseModel"], rt.settings.model_cache_dir),
+            train_path=export_dir / "train.jsonl",
+            val_path=export_dir / "val.jsonl",
+            adapter_dir=paths.staging_dir,
+            checkpoint_dir=paths.checkpoint_dir,
+            emitter=emitter,
+            should_cancel=lambda: rt.cancel_requested(run.id),
+            torch_threads=rt.settings.torch_threads,
+        )
+        result = run_backend(job)
+        from worker.training.artifacts import write_training_files
+
+        write_training_files(paths.staging_dir, result.hyperparameters, result.metrics)
+        rt.runs.update(run.id, backend=result.backend, metrics=json.dumps(result.metrics))
+        return {"status": "trained", "total_steps": result.metrics["total_steps"]}
+
+    return _step(run_id, body)
+
+
+def evaluate_step(run_id: str) -> dict[str, Any]:
+    def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
+        from worker.evaluate import evaluate_adapter
+        from worker.training import artifacts
+        from worker.training.models import resolve_model
+
+        config = run.config_dict()
+        paths = RunPaths(rt.settings.lora_output_dir, run.id)
+        export_dir = Path(run.export_dir or "")
+        evaluation = evaluate_adapter(
+            resolve_model(config["baseModel"], rt.settings.model_cache_dir), paths.staging_dir,
+            export_dir / "val.jsonl", max_len=config["maxSeqLen"], batch_size=config["batchSize"],
+            samples=config["evalSamples"], torch_threads=rt.settings.torch_threads,
+        )
+        if rt.cancel_requested(run.id):
+            raise CancelledError()
+        samples = evaluation.pop("samples")
+        metrics = {**(run.metrics_dict() or {}), **evaluation}
+        metrics["final_val_loss"] = evaluation["adapter_val_loss"]
+        best = [v for v in (metrics.get("best_val_loss"), metrics["final_val_loss"]) if v]
+        metrics["best_val_loss"] = min(best) if best else None
+        training_args = json.loads((paths.staging_dir / "training_args.json").read_text())
+        artifacts.write_training_files(paths.staging_dir, training_args, metrics)
+        write_json_atomic(paths.staging_dir / "samples.json", samples)
+        manifest = artifacts.build_manifest(
+            run_id=run.id, base_model=run.base_model, backend=run.backend or "trl",
+            config=config, metrics=metrics, traces_used=run.traces_used or 0,
+            train_examples=run.train_examples or 0, val_examples=run.val_examples or 0,
+            provenance=_provenance(export_dir),
+        )
+        final = artifacts.publish(paths.staging_dir, paths.final_dir, manifest)
+        paths.discard()
+        rt.runs.finish(run.id, STATUS_COMPLETED, lora_path=str(final), metrics=json.dumps(metrics))
+        emitter.emit("complete", metrics=metrics, adapter_path=str(final),
+                     status=STATUS_COMPLETED)
+        return {"status": STATUS_COMPLETED, "adapter_path": str(final)}
+
+    return _step(run_id, body)
+
+
+def _provenance(export_dir: Path) -> dict[str, Any]:
+    manifest_path = export_dir / "export_manifest.json"
+    export_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    return {"exportDir": str(export_dir), "exportManifest": export_manifest}

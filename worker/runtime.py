@@ -1,0 +1,57 @@
+"""Per-process handles for tasks: settings, database, Redis, run store, event emitters.
+
+Created lazily in the process that runs the task and dropped after a fork, so a pool child
+never shares a parent's database connections or sockets.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from shared.db import Database
+from shared.events import Emitter, RedisPublisher, file_sink
+from shared.names import cancel_key
+from shared.runs import RunStore
+from shared.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    redis: redis.Redis
+    runs: RunStore
+
+    def emitter(self, run_id: str, *, log_path: Path | None = None) -> Emitter:
+        sinks = [self.runs.record_event, RedisPublisher(self.redis)]
+        if log_path is not None:
+            sinks.append(file_sink(log_path))
+        return Emitter(run_id, sinks)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        try:
+            return bool(self.redis.exists(cancel_key(run_id)))
+        except redis.RedisError:
+            logging.getLogger(__name__).warning("Redis unreachable; checking cancel in the DB")
+            return self.runs.get(run_id).cancel_requested
+
+
+@functools.cache
+def runtime() -> Runtime:
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    return Runtime(settings=settings, db=db, redis=client, runs=RunStore(db))
+
+
+def reset_after_fork() -> None:
+    """Drop handles inherited from a parent process (engine pool, Redis sockets)."""
+    if runtime.cache_info().currsize:
+        rt = runtime()
+        rt.db.engine.dispose(close=False)
+    runtime.cache_clear()

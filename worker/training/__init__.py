@@ -1,0 +1,1 @@
+"""LoRA training: backends behind one interface, callbacks, model resolution, artifacts."""

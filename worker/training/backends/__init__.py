@@ -1,0 +1,1 @@
+"""Training backends. Each module exposes `train(job: TrainJob) -> TrainResult`."""
