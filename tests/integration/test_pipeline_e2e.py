@@ -1,0 +1,167 @@
+"""The whole pipeline through the HTTP API, a real Redis and a real Celery worker process."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from shared.fsutil import folder_digest
+from shared.names import progress_channel
+from tests.integration.conftest import Service
+
+pytestmark = pytest.mark.integration
+
+TINY = {"backend": "trl", "maxSteps": 4, "evalSteps": 2, "saveSteps": 2, "batchSize": 2,
+        "gradAccum": 1, "maxSeqLen": 256, "evalSamples": 1}
+
+
+class EventLog:
+    """Collects runs' events from Redis in a background thread. Pub/sub channels are global to
+    a Redis server (not per database), so events are filtered by this test's run id."""
+
+    def __init__(self, service: Service) -> None:
+        self.run_id: str | None = None
+        self.all_events: list[dict] = []
+        self.pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe(progress_channel("*"))
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for message in self.pubsub.listen():
+            if message["type"] == "pmessage":
+                self.all_events.append(json.loads(message["data"]))
+
+    @property
+    def events(self) -> list[dict]:
+        return [e for e in list(self.all_events) if e.get("run_id") == self.run_id]
+
+    def wait_for(self, predicate, timeout: float = 180) -> dict:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            time.sleep(0.1)
+        raise TimeoutError(f"no matching event; saw {[e['type'] for e in self.events]}")
+
+
+def _start(service: Service, model: Path, **config: object) -> str:
+    response = requests.post(f"{service.base_url}/api/finetune",
+                             json={"config": {"baseModel": str(model), **TINY, **config}})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "pending"
+    assert body["progressUrl"] == f"/api/finetune/{body['runId']}/progress"
+    return body["runId"]
+
+
+def _run(service: Service, run_id: str) -> dict:
+    return requests.get(f"{service.base_url}/api/finetune/{run_id}").json()
+
+
+def test_full_pipeline_produces_a_working_adapter(service: Service, tiny_model: Path) -> None:
+    log = EventLog(service)
+    run_id = log.run_id = _start(service, tiny_model)
+    terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"))
+    assert terminal["type"] == "complete", terminal
+    types = [e["type"] for e in log.events if e["type"] != "heartbeat"]
+    assert types[:2] == ["export_complete", "training_start"]
+    assert types.count("progress") == 4 and types.count("eval") == 2
+    assert types.count("checkpoint") == 2 and types[-1] == "complete"
+    assert all(e["run_id"] == run_id for e in log.events)
+
+    run = _run(service, run_id)
+    assert run["status"] == "completed" and run["triggeredBy"] == "api"
+    assert run["backend"] == "trl" and run["completedAt"]
+    assert run["trainExamples"] > 0 and run["valExamples"] > 0
+    assert run["latestEvent"]["type"] == "complete"
+    metrics = run["metrics"]
+    assert metrics["total_steps"] == 4
+    assert metrics["base_val_loss"] > 0 and metrics["adapter_val_loss"] > 0
+    assert metrics["final_val_loss"] == metrics["adapter_val_loss"]
+
+    history = requests.get(f"{service.base_url}/api/finetune/{run_id}/events").json()["events"]
+    assert [h["step"] for h in history if h["type"] == "progress"] == [1, 2, 3, 4]
+    assert len([h for h in history if h["type"] == "eval"]) == 2
+
+    adapter = Path(run["loraPath"])
+    assert adapter == service.settings.lora_output_dir / run_id
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json",
+            "training_args.json", "metrics.json", "manifest.json", "samples.json"} <= names
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    for key in ("id", "createdAt", "baseModel", "tracesUsed", "trainExamples", "valExamples",
+                "isActive", "tags", "sizeBytes", "sha256", "config", "metrics"):
+        assert key in manifest, key
+    sha, size = folder_digest(adapter, exclude=("manifest.json",))
+    assert (manifest["sha256"], manifest["sizeBytes"]) == (sha, size)
+    assert manifest["metrics"]["totalSteps"] == 4
+    assert not (service.settings.lora_output_dir / ".work" / run_id).exists()
+    assert "EVENT" in Path(run["logPath"]).read_text()
+
+    _assert_adapter_changes_the_model(tiny_model, adapter)
+
+
+def _assert_adapter_changes_the_model(model_path: Path, adapter: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    ids = tokenizer("Ava buys 3 packs of apples", return_tensors="pt").input_ids
+    base = AutoModelForCausalLM.from_pretrained(model_path)
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, adapter)
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after, atol=1e-6)
+
+
+def test_cancel_while_training(service: Service, tiny_model: Path) -> None:
+    log = EventLog(service)
+    run_id = log.run_id = _start(service, tiny_model, maxSteps=500, evalSteps=1000,
+                                 saveSteps=1000)
+    log.wait_for(lambda e: e["type"] == "progress")
+    response = requests.post(f"{service.base_url}/api/finetune/{run_id}/cancel")
+    assert response.status_code == 202 and response.json()["cancelRequested"] is True
+    terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"))
+    assert terminal["type"] == "cancelled"
+    run = _run(service, run_id)
+    assert run["status"] == "cancelled" and run["loraPath"] is None
+    assert not (service.settings.lora_output_dir / run_id).exists()
+    assert not (service.settings.lora_output_dir / ".work" / run_id).exists()
+    steps = [e["step"] for e in log.events if e["type"] == "progress"]
+    assert max(steps) < 500
+    # the single-flight slot is free again
+    assert requests.post(f"{service.base_url}/api/finetune",
+                         json={"config": {"baseModel": "nosuch:1b"}}).status_code == 202
+
+
+def test_unknown_model_fails_the_run_with_its_code(service: Service) -> None:
+    log = EventLog(service)
+    response = requests.post(f"{service.base_url}/api/finetune",
+                             json={"config": {"baseModel": "nosuch:1b", **TINY}})
+    run_id = log.run_id = response.json()["runId"]
+    terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"))
+    assert terminal["type"] == "error" and terminal["code"] == "MODEL_NOT_FOUND"
+    run = _run(service, run_id)
+    assert run["status"] == "failed" and run["errorCode"] == "MODEL_NOT_FOUND"
+    assert "nosuch:1b" in run["errorMessage"]
+
+
+def test_sse_feed_streams_until_the_terminal_event(service: Service, tiny_model: Path) -> None:
+    run_id = _start(service, tiny_model, maxSteps=2, evalSteps=1000, saveSteps=1000)
+    seen = []
+    with requests.get(f"{service.base_url}/api/finetune/{run_id}/progress", stream=True,
+                      timeout=180) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for line in response.iter_lines(decode_unicode=True):
+            if line and line.startswith("data: "):
+                seen.append(json.loads(line[6:])["type"])
+    assert seen[-1] == "complete" and "progress" in seen
