@@ -1,0 +1,93 @@
+"""Pipeline steps in-process (fakeredis for events): state changes and failure paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from shared.db import Database
+from shared.models import FineTuneRun
+from shared.names import cancel_key
+from shared.runs import RunStore
+from shared.settings import Settings
+from tests.worker.conftest import tiny_config
+from worker import pipeline
+from worker.runtime import Runtime
+
+
+@pytest.fixture
+def rt(settings: Settings, migrated_url: str, trace_store, monkeypatch: pytest.MonkeyPatch
+       ) -> Runtime:
+    settings = settings.replace(database_url=migrated_url)
+    db = Database(migrated_url)
+    runtime = Runtime(settings, db, fakeredis.FakeRedis(), RunStore(db))
+    monkeypatch.setattr(pipeline, "runtime", lambda: runtime)
+    return runtime
+
+
+def _new_run(rt: Runtime, config: dict) -> str:
+    with rt.db.session() as session:
+        session.add(FineTuneRun(id="run_abc123", base_model=config["baseModel"],
+                                config=json.dumps(config), active_slot=1,
+                                log_path=str(rt.settings.log_dir / "run_abc123.log")))
+    return "run_abc123"
+
+
+def _published(rt: Runtime, run_id: str) -> dict:
+    return json.loads(rt.redis.get(f"finetune:latest:{run_id}"))
+
+
+def test_three_steps_complete_a_run(rt: Runtime, tiny_model: Path) -> None:
+    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    assert pipeline.export_step(run_id)["status"] == "exported"
+    assert rt.runs.get(run_id).status == "running"
+    assert pipeline.train_step(run_id)["status"] == "trained"
+    result = pipeline.evaluate_step(run_id)
+    run = rt.runs.get(run_id)
+    assert result["status"] == run.status == "completed" and run.active_slot is None
+    assert Path(run.lora_path, "manifest.json").is_file()
+    assert _published(rt, run_id)["type"] == "complete"
+    assert len(rt.runs.progress(run_id)) == 4 + 2  # progress + eval rows
+
+
+def test_export_with_too_few_traces_fails_the_run(rt: Runtime, tiny_model: Path) -> None:
+    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model, minQualityScore=10.0))
+    rt.settings.traces_db_path.unlink()
+    from shared.traces import Trace, TraceStore
+
+    TraceStore(rt.settings.traces_db_path).add_many(
+        [Trace(id="t", query="q", final_answer="a", quality_score=10)])
+    assert pipeline.export_step(run_id)["status"] == "failed"
+    run = rt.runs.get(run_id)
+    assert (run.status, run.error_code) == ("failed", "INSUFFICIENT_DATA")
+    event = _published(rt, run_id)
+    assert event["type"] == "error" and event["code"] == "INSUFFICIENT_DATA"
+    assert pipeline.train_step(run_id)["status"] == "skipped"
+
+
+def test_cancel_flag_before_training_cancels(rt: Runtime, tiny_model: Path) -> None:
+    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    pipeline.export_step(run_id)
+    rt.redis.set(cancel_key(run_id), "1")
+    assert pipeline.train_step(run_id)["status"] == "cancelled"
+    assert rt.runs.get(run_id).status == "cancelled"
+    assert _published(rt, run_id)["type"] == "cancelled"
+    assert pipeline.evaluate_step(run_id)["status"] == "skipped"
+
+
+def test_unexpected_errors_fail_the_run_with_the_reason(rt: Runtime, tiny_model: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    pipeline.export_step(run_id)
+
+    def broken(job):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("worker.training.job.run_backend", broken)
+    assert pipeline.train_step(run_id)["status"] == "failed"
+    run = rt.runs.get(run_id)
+    assert run.error_code == "GENERAL" and "disk on fire" in run.error_message
+    assert "disk on fire" in Path(run.log_path).read_text()

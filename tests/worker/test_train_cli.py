@@ -1,0 +1,84 @@
+"""The seed's training script as `tmde-finetune train`: JSON lines and exit codes (§5.1, §5.3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.training import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _args(model: Path, export_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--base-model", str(model), "--train-data", str(export_dir / "train.jsonl"),
+            "--val-data", str(export_dir / "val.jsonl"), "--output-dir", str(out),
+            "--batch-size", "2", "--grad-accum", "1", "--max-seq-len", "256",
+            "--eval-steps", "2", "--save-steps", "2", "--run-id", "abc123", *extra]
+
+
+def _events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_success_prints_events_and_writes_the_adapter(
+    tiny_model: Path, export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "adapters" / "run_abc123"
+    assert cli.main(_args(tiny_model, export_dir, out, "--max-steps", "2")) == 0
+    stdout = capsys.readouterr().out
+    assert all(line.startswith("{") for line in stdout.splitlines()), "stdout is JSON lines only"
+    events = _events(stdout)
+    assert events[0]["type"] == "training_start" and events[-1]["type"] == "complete"
+    assert events[-1]["adapter_path"] == str(out)
+    assert events[-1]["metrics"]["total_steps"] == 2
+    assert (out / "adapter_model.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert not list(out.parent.glob(".*partial*"))
+
+
+def test_missing_data_exits_2(tiny_model: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "train.jsonl").write_text("")
+    (tmp_path / "val.jsonl").write_text("")
+    assert cli.main(_args(tiny_model, tmp_path, tmp_path / "out")) == 2
+    assert _events(capsys.readouterr().out)[-1]["code"] == "INSUFFICIENT_DATA"
+
+
+def test_unknown_model_exits_4(export_dir: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(_args(Path("nosuch:7b"), export_dir, tmp_path / "out")) == 4
+    captured = capsys.readouterr()
+    assert _events(captured.out)[-1]["code"] == "MODEL_NOT_FOUND"
+    assert captured.err.startswith("ERROR: Unknown model tag")
+
+
+def test_bad_arguments_exit_1(tiny_model: Path, export_dir: Path, tmp_path: Path) -> None:
+    assert cli.main(_args(tiny_model, export_dir, tmp_path / "o", "--lora-rank", "0")) == 1
+
+
+def test_sigint_cancels_cleanly_with_exit_130(tiny_model: Path, export_dir: Path,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "train",
+         *_args(tiny_model, export_dir, out, "--max-steps", "2000")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "MODEL_CACHE_DIR": str(tmp_path / "models")},
+    )
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(json.loads(line))
+        if seen[-1]["type"] == "progress":
+            process.send_signal(signal.SIGINT)
+            break
+    rest = _events(process.stdout.read())
+    assert process.wait(timeout=120) == 130
+    assert rest[-1]["type"] == "error" and rest[-1]["code"] == "CANCELLED"
+    assert not out.exists()
