@@ -42,7 +42,7 @@ def _latest(run_id: str) -> dict[str, Any] | None:
 
 @bp.post("")
 def start():  # type: ignore[no-untyped-def]
-    body = request.get_json(silent=True) if request.data else {}
+    body = request.get_json(silent=True) if request.get_data() else {}
     if not isinstance(body, dict):
         return _error(400, "Request body must be a JSON object like {\"config\": {...}}")
     unknown = sorted(set(body) - {"config"})
@@ -50,15 +50,13 @@ def start():  # type: ignore[no-untyped-def]
         return _error(400, f"Unknown top-level field(s): {', '.join(unknown)}; "
                            "put run settings under \"config\"", fields={k: "unknown" for k in unknown})
     try:
-        run = state.manager().start(body.get("config") or {}, triggered_by="api")
+        run = state.manager().start(body.get("config"), triggered_by="api")
     except ConfigError as exc:
         return _error(400, f"Invalid config: {exc}", fields=exc.errors)
     except RunConflictError as exc:
         return _error(409, str(exc), activeRunId=exc.run_id)
     except InsufficientDataError as exc:
         return _error(422, exc.message, current=exc.current, required=exc.required)
-    except FileNotFoundError as exc:
-        return _error(422, str(exc), current=0, required=state.settings().min_traces)
     return jsonify(runId=run.id, status=run.status, progressUrl=f"/api/finetune/{run.id}/progress"), 202
 
 
@@ -108,5 +106,7 @@ def events(run_id: str):  # type: ignore[no-untyped-def]
         limit = min(int(request.args.get("limit", 1000)), 5000)
     except ValueError:
         return _error(400, "after and limit must be integers")
+    if after < 0 or limit < 1:
+        return _error(400, "after must be >= 0 and limit >= 1")
     rows = state.manager().runs.progress(run_id, limit=limit, after_id=after)
     return jsonify(events=rows, next=rows[-1]["id"] if rows else after)

@@ -50,7 +50,7 @@ def progress(run_id: str) -> Response:
                 yield _frame(latest)
                 if latest.get("type") in TERMINAL_EVENT_TYPES:
                     return
-            if run.status in TERMINAL_STATUSES and not latest:
+            if run.status in TERMINAL_STATUSES:  # over, and its terminal event is not cached
                 yield _frame({"type": "status", "run_id": run_id, "status": run.status})
                 return
             last_beat = time.monotonic()

@@ -104,10 +104,22 @@ class RunStore:
             return result.rowcount == 1
 
     def claim(self, run_id: str) -> bool:
-        """pending -> running, unless cancelled first; False when the run is not pending."""
-        return self._transition(
-            run_id, (STATUS_PENDING,), status=STATUS_RUNNING
-        ) and not self.get(run_id).cancel_requested
+        """pending -> running, unless cancelled first; False when the run is not pending.
+
+        One conditional UPDATE: a run whose cancel was requested stays pending (cancel() then
+        moves it to cancelled) instead of being left `running` with no worker on it.
+        """
+        with self.db.session() as session:
+            result = session.execute(
+                update(FineTuneRun)
+                .where(
+                    FineTuneRun.id == run_id,
+                    FineTuneRun.status == STATUS_PENDING,
+                    FineTuneRun.cancel_requested.is_(False),
+                )
+                .values(status=STATUS_RUNNING, updated_at=utcnow())
+            )
+            return result.rowcount == 1
 
     def cancel_pending(self, run_id: str) -> bool:
         """pending -> cancelled in one statement; False when a worker claimed it first."""

@@ -4,10 +4,10 @@ Every variable of seed §8.1 is honoured, plus the ones this service adds. A bad
 start-up with a message naming the variable, the value and what is allowed:
 
     >>> from shared.settings import Settings
-    >>> Settings.from_env({"FINETUNE_EPOCHS": "0"})
+    >>> Settings.from_env({"FINETUNE_MIN_TRACES": "0"})
     Traceback (most recent call last):
     ...
-    shared.settings.SettingsError: FINETUNE_EPOCHS='0' is invalid: must be an integer >= 1
+    shared.settings.SettingsError: FINETUNE_MIN_TRACES='0' is invalid: must be an integer >= 1
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _database_url(raw: str) -> str:
 
 def _module_list(raw: str) -> tuple[str, ...]:
     modules = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if not modules:
+    if not modules or not all(m.isidentifier() for m in modules):
         raise ValueError("must be a comma-separated list of module names")
     return modules
 
@@ -150,11 +150,15 @@ class Settings:
         "LoRA target modules (comma-separated)",
     )
     val_split: float = _env("FINETUNE_VAL_SPLIT", 0.1, _float(0, 0.5, low_open=True), "Val share")
-    seed: int = _env("FINETUNE_SEED", 42, _int(0), "Random seed (split and training)")
-    eval_steps: int = _env("FINETUNE_EVAL_STEPS", 50, _int(1), "Evaluate every N steps")
-    save_steps: int = _env("FINETUNE_SAVE_STEPS", 100, _int(1), "Checkpoint every N steps")
-    save_total_limit: int = _env("FINETUNE_SAVE_TOTAL_LIMIT", 3, _int(1), "Checkpoints kept")
-    logging_steps: int = _env("FINETUNE_LOGGING_STEPS", 1, _int(1), "Progress event every N steps")
+    seed: int = _env("FINETUNE_SEED", 42, _int(0, 2**31 - 1), "Random seed (split and training)")
+    eval_steps: int = _env("FINETUNE_EVAL_STEPS", 50, _int(1, 10_000_000), "Evaluate every N steps")
+    save_steps: int = _env(
+        "FINETUNE_SAVE_STEPS", 100, _int(1, 10_000_000), "Checkpoint every N steps"
+    )
+    save_total_limit: int = _env("FINETUNE_SAVE_TOTAL_LIMIT", 3, _int(1, 1000), "Checkpoints kept")
+    logging_steps: int = _env(
+        "FINETUNE_LOGGING_STEPS", 1, _int(1, 10_000_000), "Progress event every N steps"
+    )
     packing: bool = _env("FINETUNE_PACKING", True, _bool, "Pack short examples into full rows")
     eval_samples: int = _env("FINETUNE_EVAL_SAMPLES", 2, _int(0, 1000), "Generated eval samples")
     heartbeat_timeout: int = _env("FINETUNE_HEARTBEAT_TIMEOUT", 60, _int(5), "Seconds = hung")

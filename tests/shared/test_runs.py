@@ -1,0 +1,524 @@
+"""FineTuneManager and RunStore on SQLite and PostgreSQL, with fakeredis and a memory broker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.exc import IntegrityError
+
+from shared import queue as queue_module
+from shared.db import Database
+from shared.errors import InsufficientDataError
+from shared.events import ProgressEvent, latest_event
+from shared.models import FineTuneRun
+from shared.names import (
+    QUEUE_EXPORT,
+    QUEUE_TRAIN,
+    TASK_EVALUATE,
+    TASK_EXPORT,
+    TASK_TRAIN,
+    ExitCode,
+    cancel_key,
+    progress_channel,
+)
+from shared.queue import make_celery
+from shared.run_config import ConfigError
+from shared.runs import (
+    FineTuneManager,
+    RunConflictError,
+    RunNotFoundError,
+    RunStore,
+    new_run_id,
+    run_to_dict,
+)
+from shared.settings import Settings
+from shared.traces import TraceStore
+
+# --- fixtures and helpers ----------------------------------------------------------------------
+
+
+def memory_celery(settings: Settings) -> Celery:
+    app = make_celery(settings)
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
+    return app
+
+
+def drain(app: Celery, queue: str) -> list[Any]:
+    """Every message waiting on `queue` of the (process-global) memory broker, acknowledged."""
+    messages = []
+    with app.connection_for_read() as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            while simple.qsize():
+                message = simple.get(block=False)
+                message.ack()
+                messages.append(message)
+        finally:
+            simple.close()
+    return messages
+
+
+@pytest.fixture
+def celery_app(settings: Settings) -> Iterator[Celery]:
+    app = memory_celery(settings)
+    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
+        drain(app, name)
+    yield app
+    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
+        drain(app, name)
+    app.close()
+
+
+@pytest.fixture
+def redis_client() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+@pytest.fixture
+def run_settings(settings: Settings, migrated_url: str) -> Settings:
+    return settings.replace(database_url=migrated_url)
+
+
+@pytest.fixture
+def manager(
+    run_settings: Settings, trace_store: TraceStore, celery_app: Celery, redis_client: Any
+) -> Iterator[FineTuneManager]:
+    db = Database(run_settings.database_url)
+    yield FineTuneManager(run_settings, db, trace_store, celery_app, redis_client)
+    db.dispose()
+
+
+@pytest.fixture
+def revoked(manager: FineTuneManager, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Task ids passed to celery.control.revoke (the memory broker has no worker to ask)."""
+    ids: list[str] = []
+    monkeypatch.setattr(manager.celery.control, "revoke", lambda task_id, **kw: ids.append(task_id))
+    return ids
+
+
+def insert_run(manager: FineTuneManager, status: str, **values: Any) -> str:
+    run_id = new_run_id()
+    with manager.db.session() as session:
+        session.add(
+            FineTuneRun(id=run_id, status=status, base_model="m", config="{}", **values)
+        )
+    return run_id
+
+
+def next_message(pubsub: Any, timeout: float = 2.0) -> dict | None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            return message
+    return None
+
+
+# --- start -------------------------------------------------------------------------------------
+
+
+def test_start_records_a_pending_run_and_queues_the_pipeline(
+    manager: FineTuneManager, celery_app: Celery
+) -> None:
+    assert not manager.is_running()
+    run = manager.start({"loraRank": 8, "maxSteps": 5}, triggered_by="api")
+
+    assert run.id.startswith("run_")
+    assert run.status == "pending"
+    assert run.active_slot == 1
+    assert run.triggered_by == "api"
+    assert run.base_model == manager.settings.base_model
+    assert run.backend == manager.settings.backend
+    assert run.config_dict()["loraRank"] == 8
+    assert run.config_dict()["maxSteps"] == 5
+    assert run.config_dict()["epochs"] == manager.settings.epochs
+    assert run.log_path == str(manager.settings.log_dir / f"{run.id}.log")
+    assert run.started_at is not None and run.completed_at is None
+    assert manager.is_running() and manager.active_run().id == run.id
+
+    task_ids = json.loads(run.task_ids)
+    assert len(task_ids) == 3 and len(set(task_ids)) == 3
+
+    # The chain goes out as one message on the export queue, carrying train and evaluate.
+    (message,) = drain(celery_app, QUEUE_EXPORT)
+    assert drain(celery_app, QUEUE_TRAIN) == []
+    assert message.headers["task"] == TASK_EXPORT
+    assert message.headers["id"] == task_ids[0]
+    assert message.delivery_info["routing_key"] == QUEUE_EXPORT
+    args, kwargs, embed = message.payload
+    assert args == [run.id] and kwargs == {}
+    rest = list(reversed(embed["chain"]))  # Celery stores the rest of a chain reversed
+    assert [step["task"] for step in rest] == [TASK_TRAIN, TASK_EVALUATE]
+    assert [step["options"]["queue"] for step in rest] == [QUEUE_TRAIN, QUEUE_TRAIN]
+    assert [step["options"]["task_id"] for step in rest] == task_ids[1:]
+    assert all(step["args"] == [run.id] and step["immutable"] for step in rest)
+
+
+def test_enqueue_pipeline_alone(settings: Settings, celery_app: Celery) -> None:
+    ids = queue_module.enqueue_pipeline(celery_app, "run_0123456789ab")
+    (message,) = drain(celery_app, QUEUE_EXPORT)
+    assert message.headers["id"] == ids[0]
+    assert message.headers["argsrepr"] == "('run_0123456789ab',)"
+
+
+def test_celery_config_routes_tasks_to_their_queues(settings: Settings) -> None:
+    config = queue_module.celery_config(settings)
+    assert config["broker_url"] == settings.redis_url
+    assert config["task_routes"] == {
+        TASK_EXPORT: {"queue": QUEUE_EXPORT},
+        TASK_TRAIN: {"queue": QUEUE_TRAIN},
+        TASK_EVALUATE: {"queue": QUEUE_TRAIN},
+    }
+    assert config["task_acks_late"] is False and config["worker_prefetch_multiplier"] == 1
+    assert config["accept_content"] == ["json"]
+
+
+def test_second_start_conflicts(manager: FineTuneManager, celery_app: Celery) -> None:
+    first = manager.start(None)
+    drain(celery_app, QUEUE_EXPORT)
+    with pytest.raises(RunConflictError) as info:
+        manager.start({})
+    assert info.value.run_id == first.id
+    assert "already in progress" in str(info.value)
+    assert drain(celery_app, QUEUE_EXPORT) == []  # nothing queued for the refused run
+    assert manager.list()[1] == 1
+    assert manager.runs.claim(first.id)  # a running run blocks a start as well
+    with pytest.raises(RunConflictError):
+        manager.start(None)
+
+
+def test_losing_the_slot_race_is_a_conflict(
+    manager: FineTuneManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes both see no active run; the UNIQUE slot lets only one insert."""
+    first = manager.start(None)
+    real = FineTuneManager.active_run
+    calls = []
+
+    def stale_then_real(self: FineTuneManager) -> FineTuneRun | None:
+        calls.append(1)
+        return None if len(calls) == 1 else real(self)  # the first look misses the winner
+
+    monkeypatch.setattr(FineTuneManager, "active_run", stale_then_real)
+    with pytest.raises(RunConflictError) as info:
+        manager.start(None)
+    assert isinstance(info.value.__cause__, IntegrityError)
+    assert info.value.run_id == first.id
+    assert manager.list()[1] == 1
+
+
+def test_bad_config_is_refused_before_anything_is_written(manager: FineTuneManager) -> None:
+    with pytest.raises(ConfigError) as info:
+        manager.start({"loraRank": 0, "nope": 1})
+    assert set(info.value.errors) == {"loraRank", "nope"}
+    assert manager.list() == ([], 0)
+
+
+def test_too_few_traces(
+    run_settings: Settings, trace_store: TraceStore, celery_app: Celery, redis_client: Any
+) -> None:
+    candidates = trace_store.get_stats(run_settings.min_quality).fine_tune_candidates
+    settings = run_settings.replace(min_traces=candidates + 1)
+    db = Database(settings.database_url)
+    try:
+        manager = FineTuneManager(settings, db, trace_store, celery_app, redis_client)
+        with pytest.raises(InsufficientDataError) as info:
+            manager.start(None)
+        assert info.value.current == candidates
+        assert info.value.required == candidates + 1
+        assert info.value.exit_code == ExitCode.INSUFFICIENT_DATA == 2
+        assert f"need {candidates + 1}, have {candidates}" in info.value.message
+        # the run's own minQualityScore decides what counts
+        with pytest.raises(InsufficientDataError) as info:
+            manager.start({"minQualityScore": 10})
+        assert info.value.current < candidates
+        assert manager.list() == ([], 0)
+        assert drain(celery_app, QUEUE_EXPORT) == []
+        # exactly enough is enough
+        manager.settings = settings.replace(min_traces=candidates)
+        assert manager.start(None).status == "pending"
+    finally:
+        db.dispose()
+
+
+def test_missing_trace_database_means_no_data(
+    run_settings: Settings, celery_app: Celery, redis_client: Any, tmp_path
+) -> None:  # noqa: ANN001
+    db = Database(run_settings.database_url)
+    try:
+        store = TraceStore(tmp_path / "absent" / "traces.db")
+        manager = FineTuneManager(run_settings, db, store, celery_app, redis_client)
+        with pytest.raises(InsufficientDataError) as info:
+            manager.start(None)
+        assert (info.value.current, info.value.required) == (0, run_settings.min_traces)
+    finally:
+        db.dispose()
+
+
+def test_queue_failure_fails_the_run_and_frees_the_slot(
+    manager: FineTuneManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(app: Any, run_id: str) -> list[str]:
+        raise ConnectionError("Error 111 connecting to redis")
+
+    monkeypatch.setattr(queue_module, "enqueue_pipeline", broken)
+    with pytest.raises(ConnectionError):
+        manager.start(None)
+    (run,), total = manager.list()
+    assert total == 1
+    assert run.status == "failed" and run.active_slot is None
+    assert run.error_code == "GENERAL"
+    assert "Could not queue the run" in run.error_message
+    assert "Error 111" in run.error_message
+    assert not manager.is_running()
+
+
+# --- cancel ------------------------------------------------------------------------------------
+
+
+def test_cancel_pending_run(
+    manager: FineTuneManager, redis_client: Any, revoked: list[str], celery_app: Celery
+) -> None:
+    run = manager.start(None)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(progress_channel(run.id))
+
+    cancelled = manager.cancel(run.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.active_slot is None
+    assert cancelled.completed_at is not None
+    assert cancelled.cancel_requested is True
+    assert cancelled.error_code == "CANCELLED"
+    assert cancelled.error_message == "Cancelled before it started"
+    assert revoked == json.loads(run.task_ids)
+    assert redis_client.get(cancel_key(run.id)) == b"1"
+
+    message = next_message(pubsub)
+    assert message is not None
+    event = json.loads(message["data"])
+    assert event["type"] == "cancelled" and event["status"] == "cancelled"
+    assert event["run_id"] == run.id
+    assert latest_event(redis_client, run.id)["type"] == "cancelled"
+    pubsub.close()
+
+    # the slot is free: a new run starts
+    drain(celery_app, QUEUE_EXPORT)
+    assert not manager.is_running()
+    assert manager.start(None).status == "pending"
+
+
+def test_cancel_running_run_requests_it(
+    manager: FineTuneManager, redis_client: Any, revoked: list[str]
+) -> None:
+    run = manager.start(None)
+    assert manager.runs.claim(run.id)
+    result = manager.cancel(run.id)
+    assert result.status == "running"
+    assert result.cancel_requested is True
+    assert result.active_slot == 1  # still active until the worker stops
+    assert redis_client.get(cancel_key(run.id)) == b"1"
+    assert 0 < redis_client.ttl(cancel_key(run.id)) <= 7 * 24 * 3600
+    assert revoked == []
+    assert latest_event(redis_client, run.id) is None  # the worker reports the cancellation
+    with pytest.raises(RunConflictError):
+        manager.start(None)
+
+
+def test_cancel_finished_or_unknown_run(manager: FineTuneManager) -> None:
+    for status in ("completed", "failed", "cancelled"):
+        run_id = insert_run(manager, status)
+        with pytest.raises(RunConflictError) as conflict:
+            manager.cancel(run_id)
+        assert conflict.value.run_id == run_id
+        assert f"already {status}" in str(conflict.value)
+        assert manager.get(run_id).cancel_requested is False
+    with pytest.raises(RunNotFoundError) as info:
+        manager.cancel("run_000000000000")
+    assert info.value.run_id == "run_000000000000"
+
+
+def test_claim_refuses_a_run_whose_cancel_was_requested(
+    manager: FineTuneManager, revoked: list[str]
+) -> None:
+    """A worker racing a cancel must not leave the run `running` with nobody working on it."""
+    run = manager.start(None)
+    manager.runs.update(run.id, cancel_requested=True)  # cancel() has got this far
+    assert manager.runs.claim(run.id) is False
+    assert manager.get(run.id).status == "pending"
+    assert manager.cancel(run.id).status == "cancelled"
+    assert not manager.is_running()
+
+
+# --- RunStore transitions ----------------------------------------------------------------------
+
+
+def test_claim_and_finish_are_conditional(manager: FineTuneManager) -> None:
+    runs: RunStore = manager.runs
+    run = manager.start(None)
+    assert runs.claim(run.id) is True
+    assert runs.get(run.id).status == "running"
+    assert runs.claim(run.id) is False  # a second worker cannot claim it
+    assert runs.update(run.id, traces_used=12) is True
+
+    assert runs.finish(run.id, "completed", lora_path="/adapters/x") is True
+    finished = runs.get(run.id)
+    assert finished.status == "completed" and finished.active_slot is None
+    assert finished.completed_at is not None and finished.lora_path == "/adapters/x"
+    assert finished.traces_used == 12
+
+    assert runs.finish(run.id, "failed", error_message="late") is False
+    assert runs.get(run.id).status == "completed"
+    assert runs.get(run.id).error_message is None
+    assert runs.update(run.id, traces_used=99) is False
+    assert runs.get(run.id).traces_used == 12
+    assert runs.cancel_pending(run.id) is False
+    assert runs.claim(run.id) is False
+
+
+def test_finish_a_pending_run(manager: FineTuneManager) -> None:
+    run = manager.start(None)
+    assert manager.runs.finish(run.id, "failed", error_code="GENERAL") is True
+    assert manager.runs.get(run.id).status == "failed"
+    assert not manager.is_running()
+    with pytest.raises(AssertionError):  # only a terminal status finishes a run
+        manager.runs.finish(run.id, "running")
+
+
+    with pytest.raises(RunNotFoundError, match="Run not found: run_nope"):
+        manager.get("run_nope")
+    assert manager.runs.claim("run_nope") is False
+    assert manager.runs.finish("run_nope", "completed") is False
+
+
+# --- list --------------------------------------------------------------------------------------
+
+
+def test_list_pages_filters_and_counts(manager: FineTuneManager) -> None:
+    ids = []
+    for index in range(5):
+        run = manager.start(None)
+        manager.runs.finish(run.id, "completed" if index % 2 == 0 else "failed")
+        ids.append(run.id)
+    newest_first = list(reversed(ids))
+
+    runs, total = manager.list()
+    assert total == 5 and [r.id for r in runs] == newest_first
+
+    runs, total = manager.list(limit=2)
+    assert total == 5 and [r.id for r in runs] == newest_first[:2]
+    runs, total = manager.list(limit=2, offset=2)
+    assert total == 5 and [r.id for r in runs] == newest_first[2:4]
+    runs, total = manager.list(limit=2, offset=10)
+    assert total == 5 and runs == []
+
+    runs, total = manager.list(status="completed")
+    assert total == 3 and {r.id for r in runs} == {ids[0], ids[2], ids[4]}
+    runs, total = manager.list(status="failed", limit=1)
+    assert total == 2 and [r.id for r in runs] == [ids[3]]
+    assert manager.list(status="running") == ([], 0)
+
+    with pytest.raises(ValueError, match="status must be one of"):
+        manager.list(status="done")
+
+
+# --- progress rows -----------------------------------------------------------------------------
+
+
+def test_record_event_stores_progress_and_eval_only(manager: FineTuneManager) -> None:
+    run = manager.start(None)
+    store = manager.runs
+    store.record_event(ProgressEvent("training_start", run_id=run.id, total_steps=10))
+    store.record_event(
+        ProgressEvent("progress", run_id=run.id, step=1, total_steps=10, loss=2.5,
+                      learning_rate=2e-4, eta_seconds=90)
+    )
+    store.record_event(ProgressEvent("checkpoint", run_id=run.id, step=1, path="/c"))
+    store.record_event(
+        ProgressEvent("eval", run_id=run.id, step=2, total_steps=10, loss=2.1, eval_loss=2.3)
+    )
+    store.record_event(ProgressEvent("heartbeat", run_id=run.id))
+    store.record_event(ProgressEvent("complete", run_id=run.id))
+    store.record_event(ProgressEvent("progress", run_id=None, step=9, total_steps=10))
+
+    rows = store.progress(run.id)
+    assert [(r["type"], r["step"]) for r in rows] == [("progress", 1), ("eval", 2)]
+    first, second = rows
+    assert first["totalSteps"] == 10 and first["loss"] == 2.5 and first["evalLoss"] is None
+    assert first["learningRate"] == 2e-4 and first["etaSeconds"] == 90
+    assert first["timestamp"].endswith("Z")
+    assert second["evalLoss"] == 2.3
+    assert second["id"] > first["id"]
+
+    assert store.progress(run.id, after_id=first["id"]) == [second]
+    assert store.progress(run.id, limit=1) == [first]
+    assert store.progress("run_other") == []
+
+    store.record_event(ProgressEvent("progress", run_id=run.id, loss=1.0))  # no step numbers
+    assert [(r["step"], r["totalSteps"]) for r in store.progress(run.id)][-1] == (0, 0)
+
+
+
+
+# --- single flight in the database itself ------------------------------------------------------
+
+
+def test_unique_active_slot_refuses_a_second_active_row(manager: FineTuneManager) -> None:
+    insert_run(manager, "running", active_slot=1)
+    with pytest.raises(IntegrityError):
+        insert_run(manager, "pending", active_slot=1)
+    # finished runs hold no slot: any number of them may exist
+    insert_run(manager, "completed")
+    insert_run(manager, "failed")
+    with manager.db.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(FineTuneRun)) == 3
+    # plain SQL, bypassing the ORM, is refused as well
+    statement = sa.text(
+        "INSERT INTO finetune_runs (id, status, base_model, config, active_slot)"
+        " VALUES ('run_bbbbbb', 'pending', 'm', '{}', 1)"
+    )
+    with pytest.raises(IntegrityError), manager.db.engine.begin() as connection:
+        connection.execute(statement)
+
+
+
+
+# --- views -------------------------------------------------------------------------------------
+
+
+def test_run_to_dict(manager: FineTuneManager) -> None:
+    run = manager.start({"epochs": 1})
+    data = run_to_dict(run)
+    assert data["id"] == run.id
+    assert data["status"] == "pending"
+    assert data["triggeredBy"] == "api"
+    assert data["config"]["epochs"] == 1
+    assert data["metrics"] is None
+    assert data["cancelRequested"] is False
+    assert data["progressUrl"] == f"/api/finetune/{run.id}/progress"
+    assert data["startedAt"].endswith("Z") and data["completedAt"] is None
+    json.dumps(data)  # serialisable as is
+
+    manager.runs.finish(run.id, "completed", metrics=json.dumps({"final_val_loss": 0.5}))
+    data = run_to_dict(manager.get(run.id))
+    assert data["metrics"] == {"final_val_loss": 0.5} and data["completedAt"].endswith("Z")
+
+    config = manager.default_config()
+    assert config["baseModel"] == manager.settings.base_model
+    assert config["minQualityScore"] == manager.settings.min_quality
+
+
+
+
+def test_new_run_ids_are_unique_and_well_formed() -> None:
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(len(i) == 16 and i.startswith("run_") for i in ids)
+    assert all(int(i[4:], 16) >= 0 for i in ids)
