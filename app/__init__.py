@@ -20,8 +20,9 @@ from shared.traces import TraceStore
 MAX_REQUEST_BYTES = 1 << 20
 
 
-def create_app(settings: Settings | None = None, *, celery: Any = None,
-               redis_client: Any = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, celery: Any = None, redis_client: Any = None
+) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES

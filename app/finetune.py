@@ -44,11 +44,14 @@ def _latest(run_id: str) -> dict[str, Any] | None:
 def start():  # type: ignore[no-untyped-def]
     body = request.get_json(silent=True) if request.get_data() else {}
     if not isinstance(body, dict):
-        return _error(400, "Request body must be a JSON object like {\"config\": {...}}")
+        return _error(400, 'Request body must be a JSON object like {"config": {...}}')
     unknown = sorted(set(body) - {"config"})
     if unknown:
-        return _error(400, f"Unknown top-level field(s): {', '.join(unknown)}; "
-                           "put run settings under \"config\"", fields={k: "unknown" for k in unknown})
+        return _error(
+            400,
+            f'Unknown top-level field(s): {", ".join(unknown)}; put run settings under "config"',
+            fields={k: "unknown" for k in unknown},
+        )
     try:
         run = state.manager().start(body.get("config"), triggered_by="api")
     except ConfigError as exc:
@@ -57,7 +60,9 @@ def start():  # type: ignore[no-untyped-def]
         return _error(409, str(exc), activeRunId=exc.run_id)
     except InsufficientDataError as exc:
         return _error(422, exc.message, current=exc.current, required=exc.required)
-    return jsonify(runId=run.id, status=run.status, progressUrl=f"/api/finetune/{run.id}/progress"), 202
+    return jsonify(
+        runId=run.id, status=run.status, progressUrl=f"/api/finetune/{run.id}/progress"
+    ), 202
 
 
 @bp.get("")

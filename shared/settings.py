@@ -170,7 +170,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from `environ` (default: `os.environ`); raise SettingsError on bad input."""
+        """Settings from `environ` (default `os.environ`); SettingsError on bad input."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []

@@ -25,16 +25,19 @@ def _mean_loss(model: Any, batches: list[tuple[Any, Any, Any]]) -> float:
             logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
             target = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
-                ignore_index=-100, reduction="sum",
+                logits.reshape(-1, logits.size(-1)).float(),
+                target.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
             )
             total += float(loss)
             tokens += int((target != -100).sum())
     return total / max(tokens, 1)
 
 
-def _batches(tokenizer: Any, examples: list[dict], max_len: int, batch_size: int, device: str
-             ) -> list[tuple[Any, Any, Any]]:
+def _batches(
+    tokenizer: Any, examples: list[dict], max_len: int, batch_size: int, device: str
+) -> list[tuple[Any, Any, Any]]:
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -56,15 +59,25 @@ def _answer(model: Any, tokenizer: Any, example: dict, device: str) -> str:
     ids = torch.tensor([prompt_ids(tokenizer, example)], device=device)
     with torch.no_grad():
         out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
         )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
-def evaluate_adapter(model_path: Path, adapter_dir: Path, val_path: Path, *, max_len: int,
-                     batch_size: int = 4, samples: int = 2, torch_threads: int = 0
-                     ) -> dict[str, Any]:
+def evaluate_adapter(
+    model_path: Path,
+    adapter_dir: Path,
+    val_path: Path,
+    *,
+    max_len: int,
+    batch_size: int = 4,
+    samples: int = 2,
+    torch_threads: int = 0,
+) -> dict[str, Any]:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

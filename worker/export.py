@@ -81,8 +81,9 @@ def is_validation(instruction: str, val_ratio: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") % SPLIT_BUCKETS < val_ratio * SPLIT_BUCKETS
 
 
-def split_train_val(examples: list[dict], val_ratio: float, seed: int
-                    ) -> tuple[list[dict], list[dict]]:
+def split_train_val(
+    examples: list[dict], val_ratio: float, seed: int
+) -> tuple[list[dict], list[dict]]:
     """In-memory form of the streaming split (seed §2.4's signature)."""
     train = [e for e in examples if not is_validation(e["instruction"], val_ratio, seed)]
     val = [e for e in examples if is_validation(e["instruction"], val_ratio, seed)]
@@ -98,8 +99,15 @@ def write_jsonl(examples: Iterable[dict[str, Any]], path: Path) -> int:
     return count
 
 
-def export_traces(store: TraceStore, *, min_quality: float, output_dir: Path, val_split: float,
-                  seed: int, min_examples: int = 2) -> ExportResult:
+def export_traces(
+    store: TraceStore,
+    *,
+    min_quality: float,
+    output_dir: Path,
+    val_split: float,
+    seed: int,
+    min_examples: int = 2,
+) -> ExportResult:
     """Stream eligible traces into train.jsonl / val.jsonl under `output_dir` (atomically)."""
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -108,8 +116,10 @@ def export_traces(store: TraceStore, *, min_quality: float, output_dir: Path, va
     train_count = val_count = 0
     held_back: str | None = None  # the last train line, moved to val if val would stay empty
     try:
-        with (staging / "train.jsonl").open("w", encoding="utf-8") as train_file, \
-                (staging / "val.jsonl").open("w", encoding="utf-8") as val_file:
+        with (
+            (staging / "train.jsonl").open("w", encoding="utf-8") as train_file,
+            (staging / "val.jsonl").open("w", encoding="utf-8") as val_file,
+        ):
             for trace in deduplicate(store.get_fine_tune_traces(min_quality)):
                 ids_digest.update(trace.id.encode() + b"\0")
                 line = json.dumps(format_as_alpaca(trace), ensure_ascii=False) + "\n"
@@ -147,19 +157,22 @@ def export_traces(store: TraceStore, *, min_quality: float, output_dir: Path, va
             duplicates_removed=duplicates,
             traces_sha256=ids_digest.hexdigest(),
         )
-        write_json_atomic(staging / "export_manifest.json", {
-            "createdAt": utc_timestamp(),
-            "db": str(store.path),
-            "minQuality": min_quality,
-            "valSplit": val_split,
-            "seed": seed,
-            "eligibleTraces": eligible,
-            "duplicatesRemoved": duplicates,
-            "trainCount": train_count,
-            "valCount": val_count,
-            "traceIdsSha256": result.traces_sha256,
-            "format": "alpaca",
-        })
+        write_json_atomic(
+            staging / "export_manifest.json",
+            {
+                "createdAt": utc_timestamp(),
+                "db": str(store.path),
+                "minQuality": min_quality,
+                "valSplit": val_split,
+                "seed": seed,
+                "eligibleTraces": eligible,
+                "duplicatesRemoved": duplicates,
+                "trainCount": train_count,
+                "valCount": val_count,
+                "traceIdsSha256": result.traces_sha256,
+                "format": "alpaca",
+            },
+        )
         if output_dir.exists():
             shutil.rmtree(output_dir)
         output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -170,14 +183,20 @@ def export_traces(store: TraceStore, *, min_quality: float, output_dir: Path, va
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tmde-finetune export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="tmde-finetune export", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--db", required=True, help="trace database (SQLite)")
     parser.add_argument("--min-quality", type=float, default=8.0)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--val-split", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--min-examples", type=int, default=2,
-                        help="exit 2 when fewer unique examples are eligible (default 2)")
+    parser.add_argument(
+        "--min-examples",
+        type=int,
+        default=2,
+        help="exit 2 when fewer unique examples are eligible (default 2)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.min_quality <= 10:
         parser.error(f"--min-quality {args.min_quality} must be between 0 and 10")
@@ -191,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     emitter = Emitter(None, [stdout_sink()])
     try:
         result = export_traces(
-            TraceStore(args.db), min_quality=args.min_quality, output_dir=Path(args.output_dir),
-            val_split=args.val_split, seed=args.seed, min_examples=args.min_examples,
+            TraceStore(args.db),
+            min_quality=args.min_quality,
+            output_dir=Path(args.output_dir),
+            val_split=args.val_split,
+            seed=args.seed,
+            min_examples=args.min_examples,
         )
     except InsufficientDataError as exc:
         emitter.emit("error", code=exc.code, message=exc.message, suggestion=exc.suggestion)
@@ -200,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         emitter.emit("error", code="GENERAL", message=str(exc))
         return ExitCode.GENERAL_ERROR
-    emitter.emit("export_complete", train_count=result.train_count, val_count=result.val_count,
-                 path=str(result.output_dir))
+    emitter.emit(
+        "export_complete",
+        train_count=result.train_count,
+        val_count=result.val_count,
+        path=str(result.output_dir),
+    )
     return ExitCode.SUCCESS
 
 

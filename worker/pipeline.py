@@ -59,8 +59,12 @@ def _fail(rt: Runtime, run: FineTuneRun, emitter: Emitter, exc: Exception) -> di
     return {"status": STATUS_FAILED, "code": code}
 
 
-def _step(run_id: str, body: Callable[[Runtime, FineTuneRun, Emitter], dict[str, Any]],
-          *, claim: bool = False) -> dict[str, Any]:
+def _step(
+    run_id: str,
+    body: Callable[[Runtime, FineTuneRun, Emitter], dict[str, Any]],
+    *,
+    claim: bool = False,
+) -> dict[str, Any]:
     rt = runtime()
     if claim and not rt.runs.claim(run_id):
         return {"status": "skipped", "reason": "run is not pending"}
@@ -85,15 +89,25 @@ def export_step(run_id: str) -> dict[str, Any]:
         config = run.config_dict()
         output_dir = rt.settings.temp_dir / run.id
         result = export_traces(
-            TraceStore(rt.settings.traces_db_path), min_quality=config["minQualityScore"],
-            output_dir=output_dir, val_split=config["valSplit"], seed=config["seed"],
+            TraceStore(rt.settings.traces_db_path),
+            min_quality=config["minQualityScore"],
+            output_dir=output_dir,
+            val_split=config["valSplit"],
+            seed=config["seed"],
         )
         rt.runs.update(
-            run.id, traces_used=result.traces_used, train_examples=result.train_count,
-            val_examples=result.val_count, export_dir=str(output_dir),
+            run.id,
+            traces_used=result.traces_used,
+            train_examples=result.train_count,
+            val_examples=result.val_count,
+            export_dir=str(output_dir),
         )
-        emitter.emit("export_complete", train_count=result.train_count,
-                     val_count=result.val_count, path=str(output_dir))
+        emitter.emit(
+            "export_complete",
+            train_count=result.train_count,
+            val_count=result.val_count,
+            path=str(output_dir),
+        )
         return {"status": "exported", "train_count": result.train_count}
 
     return _step(run_id, body, claim=True)
@@ -141,9 +155,13 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
         export_dir = Path(run.export_dir or "")
         evaluation = evaluate_adapter(
-            resolve_model(config["baseModel"], rt.settings.model_cache_dir), paths.staging_dir,
-            export_dir / "val.jsonl", max_len=config["maxSeqLen"], batch_size=config["batchSize"],
-            samples=config["evalSamples"], torch_threads=rt.settings.torch_threads,
+            resolve_model(config["baseModel"], rt.settings.model_cache_dir),
+            paths.staging_dir,
+            export_dir / "val.jsonl",
+            max_len=config["maxSeqLen"],
+            batch_size=config["batchSize"],
+            samples=config["evalSamples"],
+            torch_threads=rt.settings.torch_threads,
         )
         if rt.cancel_requested(run.id):
             raise CancelledError()
@@ -156,16 +174,20 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
         artifacts.write_training_files(paths.staging_dir, training_args, metrics)
         write_json_atomic(paths.staging_dir / "samples.json", samples)
         manifest = artifacts.build_manifest(
-            run_id=run.id, base_model=run.base_model, backend=run.backend or "trl",
-            config=config, metrics=metrics, traces_used=run.traces_used or 0,
-            train_examples=run.train_examples or 0, val_examples=run.val_examples or 0,
+            run_id=run.id,
+            base_model=run.base_model,
+            backend=run.backend or "trl",
+            config=config,
+            metrics=metrics,
+            traces_used=run.traces_used or 0,
+            train_examples=run.train_examples or 0,
+            val_examples=run.val_examples or 0,
             provenance=_provenance(export_dir),
         )
         final = artifacts.publish(paths.staging_dir, paths.final_dir, manifest)
         paths.discard()
         rt.runs.finish(run.id, STATUS_COMPLETED, lora_path=str(final), metrics=json.dumps(metrics))
-        emitter.emit("complete", metrics=metrics, adapter_path=str(final),
-                     status=STATUS_COMPLETED)
+        emitter.emit("complete", metrics=metrics, adapter_path=str(final), status=STATUS_COMPLETED)
         return {"status": STATUS_COMPLETED, "adapter_path": str(final)}
 
     return _step(run_id, body)

@@ -218,8 +218,6 @@ def test_start_refuses_a_body_that_is_not_a_json_object(client: FlaskClient, app
     assert manager_of(app).list() == ([], 0)
 
 
-
-
 def test_start_refuses_a_config_that_is_not_an_object(client: FlaskClient, app: Flask) -> None:
     for config in ([], [1], "loraRank=8", 0, False, ""):
         response = client.post("/api/finetune", json={"config": config})
@@ -233,7 +231,10 @@ def test_start_refuses_a_config_that_is_not_an_object(client: FlaskClient, app: 
 
 def test_list_runs(client: FlaskClient, app: Flask) -> None:
     assert client.get("/api/finetune").get_json() == {
-        "runs": [], "total": 0, "limit": 20, "offset": 0
+        "runs": [],
+        "total": 0,
+        "limit": 20,
+        "offset": 0,
     }
     ids = []
     for status in ("completed", "failed", "completed"):
@@ -307,8 +308,6 @@ def test_get_one_run(
     assert response.get_json()["latestEvent"] is None
 
 
-
-
 UNKNOWN_IDS = ["run_0123456789ab", "run_xyz", "nope", "run_", "RUN_0123456789AB"]
 
 
@@ -363,8 +362,6 @@ def test_cancel_running_then_finished_run(client: FlaskClient, app: Flask) -> No
     assert manager_of(app).get(run_id).status == "completed"
 
 
-
-
 # --- config and events ---------------------------------------------------------------------------
 
 
@@ -383,8 +380,16 @@ def test_events_are_paged(client: FlaskClient, app: Flask) -> None:
     runs = manager_of(app).runs
     for step in range(1, 6):
         kind = "eval" if step == 5 else "progress"
-        runs.record_event(ProgressEvent(kind, run_id=run_id, step=step, total_steps=5,
-                                        loss=1.0 / step, eval_loss=0.9 if kind == "eval" else None))
+        runs.record_event(
+            ProgressEvent(
+                kind,
+                run_id=run_id,
+                step=step,
+                total_steps=5,
+                loss=1.0 / step,
+                eval_loss=0.9 if kind == "eval" else None,
+            )
+        )
     runs.record_event(ProgressEvent("checkpoint", run_id=run_id, step=5, path="/x"))
 
     body = client.get(f"/api/finetune/{run_id}/events").get_json()
@@ -418,7 +423,7 @@ def frames(chunks: Any) -> Iterator[Any]:
         buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
         while "\n\n" in buffer:
             frame, buffer = buffer.split("\n\n", 1)
-            yield json.loads(frame[len("data: "):]) if frame.startswith("data: ") else frame
+            yield json.loads(frame[len("data: ") :]) if frame.startswith("data: ") else frame
 
 
 @pytest.mark.timeout(30)
@@ -467,8 +472,7 @@ def test_progress_of_a_finished_run_whose_last_event_was_lost(
 ) -> None:
     """The run is over but its terminal event never reached Redis: the stream still ends."""
     run_id = start(client)
-    latest = Emitter(run_id, [RedisPublisher(redis_client)]).emit("progress", step=1,
-                                                                 total_steps=2)
+    latest = Emitter(run_id, [RedisPublisher(redis_client)]).emit("progress", step=1, total_steps=2)
     finish(app, run_id, "failed")
     response = client.get(f"/api/finetune/{run_id}/progress")
     assert list(frames([response.get_data()])) == [

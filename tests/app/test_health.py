@@ -66,7 +66,10 @@ def test_healthy(make_app: Any, migrated_url: str) -> None:
 
 def test_redis_unreachable_is_503(make_app: Any, database_url: str) -> None:
     client = redis.Redis(  # no retries: fail at once
-        host="127.0.0.1", port=closed_port(), socket_connect_timeout=2, socket_timeout=2,
+        host="127.0.0.1",
+        port=closed_port(),
+        socket_connect_timeout=2,
+        socket_timeout=2,
         retry=Retry(NoBackoff(), 0),
     )
     app = make_app(database_url, client)
@@ -102,8 +105,8 @@ import app, sys; app.create_app; assert 'torch' not in sys.modules
 import fakeredis
 from app import create_app
 from shared.settings import Settings
-settings = Settings(database_url="sqlite:///{tmp_path / 'runs.db'}",
-                    traces_db_path=r"{tmp_path / 'traces.db'}")
+settings = Settings(database_url="sqlite:///{tmp_path / "runs.db"}",
+                    traces_db_path=r"{tmp_path / "traces.db"}")
 from shared import migrate
 migrate.upgrade(settings.database_url)
 app = create_app(settings, redis_client=fakeredis.FakeRedis())

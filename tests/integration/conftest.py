@@ -76,9 +76,22 @@ def service(tmp_path: Path, redis_url: str, migrated_url: str, trace_store) -> I
     client.flushdb()
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "worker", "--queues", "export,train",
-         "--name", f"test-{uuid.uuid4().hex[:8]}@%h", "--loglevel", "INFO"],
-        cwd=REPO, env=_settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "worker",
+            "--queues",
+            "export,train",
+            "--name",
+            f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=REPO,
+        env=_settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)

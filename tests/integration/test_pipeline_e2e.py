@@ -16,8 +16,16 @@ from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration
 
-TINY = {"backend": "trl", "maxSteps": 4, "evalSteps": 2, "saveSteps": 2, "batchSize": 2,
-        "gradAccum": 1, "maxSeqLen": 256, "evalSamples": 1}
+TINY = {
+    "backend": "trl",
+    "maxSteps": 4,
+    "evalSteps": 2,
+    "saveSteps": 2,
+    "batchSize": 2,
+    "gradAccum": 1,
+    "maxSeqLen": 256,
+    "evalSamples": 1,
+}
 
 
 class EventLog:
@@ -52,8 +60,10 @@ class EventLog:
 
 
 def _start(service: Service, model: Path, **config: object) -> str:
-    response = requests.post(f"{service.base_url}/api/finetune",
-                             json={"config": {"baseModel": str(model), **TINY, **config}})
+    response = requests.post(
+        f"{service.base_url}/api/finetune",
+        json={"config": {"baseModel": str(model), **TINY, **config}},
+    )
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "pending"
@@ -93,11 +103,30 @@ def test_full_pipeline_produces_a_working_adapter(service: Service, tiny_model: 
     adapter = Path(run["loraPath"])
     assert adapter == service.settings.lora_output_dir / run_id
     names = {p.name for p in adapter.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json",
-            "training_args.json", "metrics.json", "manifest.json", "samples.json"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer_config.json",
+        "training_args.json",
+        "metrics.json",
+        "manifest.json",
+        "samples.json",
+    } <= names
     manifest = json.loads((adapter / "manifest.json").read_text())
-    for key in ("id", "createdAt", "baseModel", "tracesUsed", "trainExamples", "valExamples",
-                "isActive", "tags", "sizeBytes", "sha256", "config", "metrics"):
+    for key in (
+        "id",
+        "createdAt",
+        "baseModel",
+        "tracesUsed",
+        "trainExamples",
+        "valExamples",
+        "isActive",
+        "tags",
+        "sizeBytes",
+        "sha256",
+        "config",
+        "metrics",
+    ):
         assert key in manifest, key
     sha, size = folder_digest(adapter, exclude=("manifest.json",))
     assert (manifest["sha256"], manifest["sizeBytes"]) == (sha, size)
@@ -125,8 +154,7 @@ def _assert_adapter_changes_the_model(model_path: Path, adapter: Path) -> None:
 
 def test_cancel_while_training(service: Service, tiny_model: Path) -> None:
     log = EventLog(service)
-    run_id = log.run_id = _start(service, tiny_model, maxSteps=500, evalSteps=1000,
-                                 saveSteps=1000)
+    run_id = log.run_id = _start(service, tiny_model, maxSteps=500, evalSteps=1000, saveSteps=1000)
     log.wait_for(lambda e: e["type"] == "progress")
     response = requests.post(f"{service.base_url}/api/finetune/{run_id}/cancel")
     assert response.status_code == 202 and response.json()["cancelRequested"] is True
@@ -139,14 +167,19 @@ def test_cancel_while_training(service: Service, tiny_model: Path) -> None:
     steps = [e["step"] for e in log.events if e["type"] == "progress"]
     assert max(steps) < 500
     # the single-flight slot is free again
-    assert requests.post(f"{service.base_url}/api/finetune",
-                         json={"config": {"baseModel": "nosuch:1b"}}).status_code == 202
+    assert (
+        requests.post(
+            f"{service.base_url}/api/finetune", json={"config": {"baseModel": "nosuch:1b"}}
+        ).status_code
+        == 202
+    )
 
 
 def test_unknown_model_fails_the_run_with_its_code(service: Service) -> None:
     log = EventLog(service)
-    response = requests.post(f"{service.base_url}/api/finetune",
-                             json={"config": {"baseModel": "nosuch:1b", **TINY}})
+    response = requests.post(
+        f"{service.base_url}/api/finetune", json={"config": {"baseModel": "nosuch:1b", **TINY}}
+    )
     run_id = log.run_id = response.json()["runId"]
     terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"))
     assert terminal["type"] == "error" and terminal["code"] == "MODEL_NOT_FOUND"
@@ -158,8 +191,9 @@ def test_unknown_model_fails_the_run_with_its_code(service: Service) -> None:
 def test_sse_feed_streams_until_the_terminal_event(service: Service, tiny_model: Path) -> None:
     run_id = _start(service, tiny_model, maxSteps=2, evalSteps=1000, saveSteps=1000)
     seen = []
-    with requests.get(f"{service.base_url}/api/finetune/{run_id}/progress", stream=True,
-                      timeout=180) as response:
+    with requests.get(
+        f"{service.base_url}/api/finetune/{run_id}/progress", stream=True, timeout=180
+    ) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         for line in response.iter_lines(decode_unicode=True):
             if line and line.startswith("data: "):

@@ -39,8 +39,9 @@ def test_seed_demo_and_stats(env: Settings, capsys: pytest.CaptureFixture[str]) 
     assert stats["totalTraces"] == 40 and 0 < stats["fineTuneCandidates"] < 40
 
 
-def test_bad_setting_stops_with_the_variable_named(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_setting_stops_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("LORA_RANK", "sixteen")
     with pytest.raises(SystemExit) as info:
         cli.main(["traces", "stats"])
@@ -54,9 +55,16 @@ def test_status_of_unknown_run(env: Settings, capsys: pytest.CaptureFixture[str]
     assert "Run not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["db"], ["api"], ["worker"], ["train"], ["export"],
-                                     ["demo"], ["traces"], ["start"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["db"], ["api"], ["worker"], ["train"], ["export"], ["demo"], ["traces"], ["start"]],
+)
 def test_every_command_has_help(command: list[str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "shared.cli", *command, "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *command, "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and "usage" in result.stdout.lower()

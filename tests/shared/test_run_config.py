@@ -22,10 +22,26 @@ def base() -> Settings:
 
 def test_defaults_come_from_settings() -> None:
     settings = Settings(
-        base_model="llama3.1:8b", backend="trl", lora_rank=8, lora_alpha=16, lora_dropout=0.1,
-        target_modules=("q_proj",), epochs=2, learning_rate=1e-3, batch_size=2, grad_accum=8,
-        max_seq_len=512, min_quality=7.5, val_split=0.2, seed=3, eval_steps=5, save_steps=10,
-        save_total_limit=2, logging_steps=2, packing=False, eval_samples=0,
+        base_model="llama3.1:8b",
+        backend="trl",
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        target_modules=("q_proj",),
+        epochs=2,
+        learning_rate=1e-3,
+        batch_size=2,
+        grad_accum=8,
+        max_seq_len=512,
+        min_quality=7.5,
+        val_split=0.2,
+        seed=3,
+        eval_steps=5,
+        save_steps=10,
+        save_total_limit=2,
+        logging_steps=2,
+        packing=False,
+        eval_samples=0,
     )
     config = build_config(settings).to_dict()
     assert config == {

@@ -105,9 +105,7 @@ def revoked(manager: FineTuneManager, monkeypatch: pytest.MonkeyPatch) -> list[s
 def insert_run(manager: FineTuneManager, status: str, **values: Any) -> str:
     run_id = new_run_id()
     with manager.db.session() as session:
-        session.add(
-            FineTuneRun(id=run_id, status=status, base_model="m", config="{}", **values)
-        )
+        session.add(FineTuneRun(id=run_id, status=status, base_model="m", config="{}", **values))
     return run_id
 
 
@@ -391,7 +389,6 @@ def test_finish_a_pending_run(manager: FineTuneManager) -> None:
     with pytest.raises(AssertionError):  # only a terminal status finishes a run
         manager.runs.finish(run.id, "running")
 
-
     with pytest.raises(RunNotFoundError, match="Run not found: run_nope"):
         manager.get("run_nope")
     assert manager.runs.claim("run_nope") is False
@@ -437,8 +434,15 @@ def test_record_event_stores_progress_and_eval_only(manager: FineTuneManager) ->
     store = manager.runs
     store.record_event(ProgressEvent("training_start", run_id=run.id, total_steps=10))
     store.record_event(
-        ProgressEvent("progress", run_id=run.id, step=1, total_steps=10, loss=2.5,
-                      learning_rate=2e-4, eta_seconds=90)
+        ProgressEvent(
+            "progress",
+            run_id=run.id,
+            step=1,
+            total_steps=10,
+            loss=2.5,
+            learning_rate=2e-4,
+            eta_seconds=90,
+        )
     )
     store.record_event(ProgressEvent("checkpoint", run_id=run.id, step=1, path="/c"))
     store.record_event(
@@ -465,8 +469,6 @@ def test_record_event_stores_progress_and_eval_only(manager: FineTuneManager) ->
     assert [(r["step"], r["totalSteps"]) for r in store.progress(run.id)][-1] == (0, 0)
 
 
-
-
 # --- single flight in the database itself ------------------------------------------------------
 
 
@@ -486,8 +488,6 @@ def test_unique_active_slot_refuses_a_second_active_row(manager: FineTuneManager
     )
     with pytest.raises(IntegrityError), manager.db.engine.begin() as connection:
         connection.execute(statement)
-
-
 
 
 # --- views -------------------------------------------------------------------------------------
@@ -513,8 +513,6 @@ def test_run_to_dict(manager: FineTuneManager) -> None:
     config = manager.default_config()
     assert config["baseModel"] == manager.settings.base_model
     assert config["minQualityScore"] == manager.settings.min_quality
-
-
 
 
 def test_new_run_ids_are_unique_and_well_formed() -> None:

@@ -73,8 +73,9 @@ def test_good_file_is_imported(store: TraceStore, tmp_path: Path) -> None:
 
 
 def test_optional_fields_may_be_left_out(store: TraceStore, tmp_path: Path) -> None:
-    minimal = {k: v for k, v in good().items() if k not in ("templates_used", "context",
-                                                            "created_at")}
+    minimal = {
+        k: v for k, v in good().items() if k not in ("templates_used", "context", "created_at")
+    }
     report = import_file(store, write_lines(tmp_path / "in.jsonl", [minimal]))
     assert report.imported == 1 and not report.errors
     (trace,) = store.get_fine_tune_traces(0)
@@ -137,8 +138,10 @@ BAD_LINES: list[tuple[Any, str]] = [
     (good(score=9), "unknown field(s): score"),
     (good(quality_score=10.5), "'quality_score' 10.5 is out of range 0-10"),
     (good(quality_score=-1), "'quality_score' -1 is out of range 0-10"),
-    ('{"id": "n", "query": "q", "final_answer": "a", "quality_score": NaN, "rounds": []}',
-     "out of range 0-10"),
+    (
+        '{"id": "n", "query": "q", "final_answer": "a", "quality_score": NaN, "rounds": []}',
+        "out of range 0-10",
+    ),
     (good(quality_score="9"), "'quality_score' must be a number"),
     (good(quality_score=True), "'quality_score' must be a number"),
     (good(id=5), "'id' must be a non-empty string"),
@@ -318,7 +321,9 @@ def test_cli_missing_file_exits_1(
 
 
 def test_cli_bad_setting_exits_1_naming_it(
-    cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    cli_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("FINETUNE_MIN_QUALITY", "eleven")

@@ -57,7 +57,13 @@ def test_schema_created_on_first_write(store: TraceStore) -> None:
         ("index", "idx_traces_created"),
     } <= objects
     assert traces_columns == [
-        "id", "query", "final_answer", "templates_used", "context", "quality_score", "created_at"
+        "id",
+        "query",
+        "final_answer",
+        "templates_used",
+        "context",
+        "quality_score",
+        "created_at",
     ]
     assert rounds_columns == ["id", "trace_id", "round_index", "role", "model", "content"]
     (fk,) = foreign_keys
@@ -166,9 +172,7 @@ def test_fine_tune_traces_best_first_with_rounds_in_order(store: TraceStore) -> 
     )
     traces = list(store.get_fine_tune_traces(8.0))
     # quality desc, then newest first, then id
-    assert [t.id for t in traces] == [
-        "best", "tie-new", "tie-new-a", "tie-new-b", "tie-old", "mid"
-    ]
+    assert [t.id for t in traces] == ["best", "tie-new", "tie-new-a", "tie-new-b", "tie-old", "mid"]
     best = traces[0]
     assert [r.content for r in best.rounds] == [f"best round {i}" for i in range(4)]
     assert [(r.role, r.model) for r in best.rounds] == [(f"role{i}", f"model{i}") for i in range(4)]

@@ -22,8 +22,15 @@ def tiny_config(settings: Settings, model: Path, **overrides: object) -> dict:
     from shared.run_config import build_config
 
     values = {
-        "baseModel": str(model), "backend": "trl", "maxSteps": 4, "evalSteps": 2,
-        "saveSteps": 2, "batchSize": 2, "gradAccum": 1, "maxSeqLen": 256, "evalSamples": 1,
+        "baseModel": str(model),
+        "backend": "trl",
+        "maxSteps": 4,
+        "evalSteps": 2,
+        "saveSteps": 2,
+        "batchSize": 2,
+        "gradAccum": 1,
+        "maxSeqLen": 256,
+        "evalSamples": 1,
         **overrides,
     }
     return build_config(settings, values).to_dict()

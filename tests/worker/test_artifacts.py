@@ -10,16 +10,32 @@ import pytest
 from shared.fsutil import folder_digest
 from worker.training import artifacts
 
-CONFIG = {"loraRank": 8, "loraAlpha": 16, "loraDropout": 0.0, "targetModules": ["q_proj"],
-          "learningRate": 1e-4, "batchSize": 2, "gradAccum": 1, "epochs": 1, "maxSteps": 3,
-          "maxSeqLen": 64, "seed": 1}
+CONFIG = {
+    "loraRank": 8,
+    "loraAlpha": 16,
+    "loraDropout": 0.0,
+    "targetModules": ["q_proj"],
+    "learningRate": 1e-4,
+    "batchSize": 2,
+    "gradAccum": 1,
+    "epochs": 1,
+    "maxSteps": 3,
+    "maxSeqLen": 64,
+    "seed": 1,
+}
 
 
 def _manifest() -> dict:
     return artifacts.build_manifest(
-        run_id="run_1", base_model="smollm2:135m", backend="trl", config=CONFIG,
+        run_id="run_1",
+        base_model="smollm2:135m",
+        backend="trl",
+        config=CONFIG,
         metrics={"final_train_loss": 1.0, "total_steps": 3, "peak_vram_gb": None, "extra": 5},
-        traces_used=10, train_examples=9, val_examples=1, provenance={"exportDir": "x"},
+        traces_used=10,
+        train_examples=9,
+        val_examples=1,
+        provenance={"exportDir": "x"},
     )
 
 
@@ -32,7 +48,8 @@ def test_publish_seals_and_renames(tmp_path: Path) -> None:
     assert final == tmp_path / "run_1" and not paths.staging_dir.exists()
     manifest = json.loads((final / "manifest.json").read_text())
     assert (manifest["sha256"], manifest["sizeBytes"]) == folder_digest(
-        final, exclude=("manifest.json",))
+        final, exclude=("manifest.json",)
+    )
     assert manifest["metrics"] == {"finalTrainLoss": 1.0, "totalSteps": 3, "peakVramGb": None}
     assert manifest["isActive"] is False and manifest["tags"] == []
     assert manifest["config"]["loraRank"] == 8

@@ -19,8 +19,9 @@ from worker.runtime import Runtime
 
 
 @pytest.fixture
-def rt(settings: Settings, migrated_url: str, trace_store, monkeypatch: pytest.MonkeyPatch
-       ) -> Runtime:
+def rt(
+    settings: Settings, migrated_url: str, trace_store, monkeypatch: pytest.MonkeyPatch
+) -> Runtime:
     settings = settings.replace(database_url=migrated_url)
     db = Database(migrated_url)
     runtime = Runtime(settings, db, fakeredis.FakeRedis(), RunStore(db))
@@ -30,9 +31,15 @@ def rt(settings: Settings, migrated_url: str, trace_store, monkeypatch: pytest.M
 
 def _new_run(rt: Runtime, config: dict) -> str:
     with rt.db.session() as session:
-        session.add(FineTuneRun(id="run_abc123", base_model=config["baseModel"],
-                                config=json.dumps(config), active_slot=1,
-                                log_path=str(rt.settings.log_dir / "run_abc123.log")))
+        session.add(
+            FineTuneRun(
+                id="run_abc123",
+                base_model=config["baseModel"],
+                config=json.dumps(config),
+                active_slot=1,
+                log_path=str(rt.settings.log_dir / "run_abc123.log"),
+            )
+        )
     return "run_abc123"
 
 
@@ -59,7 +66,8 @@ def test_export_with_too_few_traces_fails_the_run(rt: Runtime, tiny_model: Path)
     from shared.traces import Trace, TraceStore
 
     TraceStore(rt.settings.traces_db_path).add_many(
-        [Trace(id="t", query="q", final_answer="a", quality_score=10)])
+        [Trace(id="t", query="q", final_answer="a", quality_score=10)]
+    )
     assert pipeline.export_step(run_id)["status"] == "failed"
     run = rt.runs.get(run_id)
     assert (run.status, run.error_code) == ("failed", "INSUFFICIENT_DATA")
@@ -78,8 +86,9 @@ def test_cancel_flag_before_training_cancels(rt: Runtime, tiny_model: Path) -> N
     assert pipeline.evaluate_step(run_id)["status"] == "skipped"
 
 
-def test_unexpected_errors_fail_the_run_with_the_reason(rt: Runtime, tiny_model: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_errors_fail_the_run_with_the_reason(
+    rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
     pipeline.export_step(run_id)
 

@@ -17,10 +17,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _args(model: Path, export_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["--base-model", str(model), "--train-data", str(export_dir / "train.jsonl"),
-            "--val-data", str(export_dir / "val.jsonl"), "--output-dir", str(out),
-            "--batch-size", "2", "--grad-accum", "1", "--max-seq-len", "256",
-            "--eval-steps", "2", "--save-steps", "2", "--run-id", "abc123", *extra]
+    return [
+        "--base-model",
+        str(model),
+        "--train-data",
+        str(export_dir / "train.jsonl"),
+        "--val-data",
+        str(export_dir / "val.jsonl"),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--max-seq-len",
+        "256",
+        "--eval-steps",
+        "2",
+        "--save-steps",
+        "2",
+        "--run-id",
+        "abc123",
+        *extra,
+    ]
 
 
 def _events(text: str) -> list[dict]:
@@ -42,16 +61,18 @@ def test_success_prints_events_and_writes_the_adapter(
     assert not list(out.parent.glob(".*partial*"))
 
 
-def test_missing_data_exits_2(tiny_model: Path, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_exits_2(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "train.jsonl").write_text("")
     (tmp_path / "val.jsonl").write_text("")
     assert cli.main(_args(tiny_model, tmp_path, tmp_path / "out")) == 2
     assert _events(capsys.readouterr().out)[-1]["code"] == "INSUFFICIENT_DATA"
 
 
-def test_unknown_model_exits_4(export_dir: Path, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_model_exits_4(
+    export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(_args(Path("nosuch:7b"), export_dir, tmp_path / "out")) == 4
     captured = capsys.readouterr()
     assert _events(captured.out)[-1]["code"] == "MODEL_NOT_FOUND"
@@ -62,13 +83,22 @@ def test_bad_arguments_exit_1(tiny_model: Path, export_dir: Path, tmp_path: Path
     assert cli.main(_args(tiny_model, export_dir, tmp_path / "o", "--lora-rank", "0")) == 1
 
 
-def test_sigint_cancels_cleanly_with_exit_130(tiny_model: Path, export_dir: Path,
-                                              tmp_path: Path) -> None:
+def test_sigint_cancels_cleanly_with_exit_130(
+    tiny_model: Path, export_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "train",
-         *_args(tiny_model, export_dir, out, "--max-steps", "2000")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "train",
+            *_args(tiny_model, export_dir, out, "--max-steps", "2000"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "MODEL_CACHE_DIR": str(tmp_path / "models")},
     )
     assert process.stdout is not None

@@ -13,8 +13,9 @@ from tests.worker.conftest import tiny_config
 from worker.training.job import TrainJob, resolve_backend, run_backend
 
 
-def _job(settings: Settings, tiny_model: Path, export_dir: Path, events: list, **overrides
-         ) -> TrainJob:
+def _job(
+    settings: Settings, tiny_model: Path, export_dir: Path, events: list, **overrides
+) -> TrainJob:
     return TrainJob(
         run_id="run_test",
         config=tiny_config(settings, tiny_model, **overrides),
@@ -90,7 +91,15 @@ def test_out_of_memory_becomes_the_oom_error(
 
 def test_backend_choice() -> None:
     assert resolve_backend("auto") == "trl"
-    job = TrainJob("r", {"backend": "axolotl"}, Path("."), Path("."), Path("."), Path("."),
-                   Path("."), Emitter("r"))
+    job = TrainJob(
+        "r",
+        {"backend": "axolotl"},
+        Path("."),
+        Path("."),
+        Path("."),
+        Path("."),
+        Path("."),
+        Emitter("r"),
+    )
     with pytest.raises(BackendUnavailableError, match="FINETUNE_BACKEND=trl"):
         run_backend(job)

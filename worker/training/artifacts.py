@@ -67,9 +67,18 @@ def camel_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {METRIC_NAMES[k]: v for k, v in metrics.items() if k in METRIC_NAMES}
 
 
-def build_manifest(*, run_id: str, base_model: str, backend: str, config: dict[str, Any],
-                   metrics: dict[str, Any], traces_used: int, train_examples: int,
-                   val_examples: int, provenance: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    *,
+    run_id: str,
+    base_model: str,
+    backend: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    traces_used: int,
+    train_examples: int,
+    val_examples: int,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
     """manifest.json of seed §6.1 (sha256 and sizeBytes are filled in by `publish`)."""
     return {
         "id": run_id,
@@ -101,8 +110,9 @@ def build_manifest(*, run_id: str, base_model: str, backend: str, config: dict[s
     }
 
 
-def write_training_files(staging: Path, hyperparameters: dict[str, Any],
-                         metrics: dict[str, Any]) -> None:
+def write_training_files(
+    staging: Path, hyperparameters: dict[str, Any], metrics: dict[str, Any]
+) -> None:
     write_json_atomic(staging / "training_args.json", hyperparameters)
     write_json_atomic(staging / "metrics.json", metrics)
 

@@ -22,8 +22,9 @@ class PipelineCallback(TrainerCallback):
     The cancel check runs after every optimizer step; it must be cheap (a Redis GET or a flag).
     """
 
-    def __init__(self, emitter: Emitter, should_cancel: Callable[[], bool],
-                 checkpoint_dir: str) -> None:
+    def __init__(
+        self, emitter: Emitter, should_cancel: Callable[[], bool], checkpoint_dir: str
+    ) -> None:
         self.emitter = emitter
         self.should_cancel = should_cancel
         self.checkpoint_dir = checkpoint_dir
@@ -57,23 +58,33 @@ class PipelineCallback(TrainerCallback):
             self.last_heartbeat = now
             self.emitter.emit("heartbeat", step=state.global_step, total_steps=state.max_steps)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
-               **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+    ) -> None:
         logs = logs or {}
-        common = {"step": state.global_step, "total_steps": state.max_steps,
-                  "eta_seconds": self._eta(state)}
+        common = {
+            "step": state.global_step,
+            "total_steps": state.max_steps,
+            "eta_seconds": self._eta(state),
+        }
         if "loss" in logs:
             self.last_train_loss = float(logs["loss"])
             self.emitter.emit(
-                "progress", loss=self.last_train_loss, eval_loss=None,
-                learning_rate=_float(logs.get("learning_rate")), **common,
+                "progress",
+                loss=self.last_train_loss,
+                eval_loss=None,
+                learning_rate=_float(logs.get("learning_rate")),
+                **common,
             )
         if "eval_loss" in logs:
             eval_loss = float(logs["eval_loss"])
             self.eval_losses.append(eval_loss)
             self.emitter.emit(
-                "eval", loss=self.last_train_loss, eval_loss=eval_loss,
-                learning_rate=_float(logs.get("learning_rate")), **common,
+                "eval",
+                loss=self.last_train_loss,
+                eval_loss=eval_loss,
+                learning_rate=_float(logs.get("learning_rate")),
+                **common,
             )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

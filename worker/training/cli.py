@@ -56,11 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, settings)
     emitter = Emitter(args.run_id, [stdout_sink()])
     overrides = {
-        "baseModel": args.base_model, "backend": args.backend, "loraRank": args.lora_rank,
-        "loraAlpha": args.lora_alpha, "epochs": args.epochs, "maxSteps": args.max_steps,
-        "learningRate": args.lr, "batchSize": args.batch_size, "gradAccum": args.grad_accum,
-        "maxSeqLen": args.max_seq_len, "evalSteps": args.eval_steps,
-        "saveSteps": args.save_steps, "seed": args.seed,
+        "baseModel": args.base_model,
+        "backend": args.backend,
+        "loraRank": args.lora_rank,
+        "loraAlpha": args.lora_alpha,
+        "epochs": args.epochs,
+        "maxSteps": args.max_steps,
+        "learningRate": args.lr,
+        "batchSize": args.batch_size,
+        "gradAccum": args.grad_accum,
+        "maxSeqLen": args.max_seq_len,
+        "evalSteps": args.eval_steps,
+        "saveSteps": args.save_steps,
+        "seed": args.seed,
     }
     try:
         config = build_config(settings, overrides).to_dict()
@@ -84,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _train(args: argparse.Namespace, config: dict, emitter: Emitter, staging: Path,
-           should_cancel, settings: Settings) -> int:  # type: ignore[no-untyped-def]
+def _train(
+    args: argparse.Namespace,
+    config: dict,
+    emitter: Emitter,
+    staging: Path,
+    should_cancel,
+    settings: Settings,
+) -> int:  # type: ignore[no-untyped-def]
     from worker.training.artifacts import write_training_files
     from worker.training.job import TrainJob, run_backend
     from worker.training.models import resolve_model

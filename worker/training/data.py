@@ -62,13 +62,16 @@ def prompt_ids(tokenizer: Any, example: dict[str, Any]) -> list[int]:
     record = to_record(example, chat=has_chat_template(tokenizer), eos_token=tokenizer.eos_token)
     if has_chat_template(tokenizer):
         return _ids(
-            tokenizer.apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=True)
+            tokenizer.apply_chat_template(
+                record["prompt"], add_generation_prompt=True, tokenize=True
+            )
         )
     return _ids(tokenizer(record["prompt"], add_special_tokens=True))
 
 
-def answer_only_example(tokenizer: Any, example: dict[str, Any], max_len: int
-                        ) -> tuple[list[int], list[int]]:
+def answer_only_example(
+    tokenizer: Any, example: dict[str, Any], max_len: int
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels) with labels -100 on the prompt: the loss covers the answer only."""
     record = to_record(example, chat=has_chat_template(tokenizer), eos_token=tokenizer.eos_token)
     prompt = prompt_ids(tokenizer, example)
