@@ -11,11 +11,17 @@ from enum import IntEnum
 TASK_EXPORT = "tmde.finetune.export"
 TASK_TRAIN = "tmde.finetune.train"
 TASK_EVALUATE = "tmde.finetune.evaluate"
+TASK_SCHEDULED_CHECK = "tmde.finetune.scheduled_check"
 
 QUEUE_EXPORT = "export"  # CPU workers: reads the trace database, writes JSONL
 QUEUE_TRAIN = "train"  # GPU-pinned workers: training and evaluation (they load the model)
 
-TASK_QUEUES = {TASK_EXPORT: QUEUE_EXPORT, TASK_TRAIN: QUEUE_TRAIN, TASK_EVALUATE: QUEUE_TRAIN}
+TASK_QUEUES = {
+    TASK_EXPORT: QUEUE_EXPORT,
+    TASK_TRAIN: QUEUE_TRAIN,
+    TASK_EVALUATE: QUEUE_TRAIN,
+    TASK_SCHEDULED_CHECK: QUEUE_EXPORT,  # control tasks run on the CPU workers
+}
 
 # --- run statuses (seed §3.1 CHECK constraint) ------------------------------------------------
 STATUS_PENDING = "pending"

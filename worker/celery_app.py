@@ -2,6 +2,7 @@
 
     celery -A worker.celery_app worker -Q export          # CPU worker
     celery -A worker.celery_app worker -Q train -c 1 --max-tasks-per-child 1   # GPU worker
+    celery -A worker.celery_app beat                      # the schedule (one per deployment)
 
 (`tmde-finetune worker` runs the same with the right flags.) Configuration comes from
 shared/queue.py so the API, which only sends tasks, agrees with it.
@@ -11,13 +12,26 @@ from __future__ import annotations
 
 import logging
 
+from celery.schedules import crontab
 from celery.signals import worker_process_init
 
+from shared.names import TASK_QUEUES, TASK_SCHEDULED_CHECK
 from shared.queue import make_celery
+from shared.schedule import crontab_fields
 from shared.settings import Settings
 
-app = make_celery(Settings.from_env(), main="tmde")
+settings = Settings.from_env()
+app = make_celery(settings, main="tmde")
 app.conf.include = ["worker.tasks"]
+# celery-beat (`tmde-finetune beat`). A tick that could not be delivered within 5 minutes
+# expires instead of firing late, so downtime never releases a burst of missed ticks.
+app.conf.beat_schedule = {
+    "finetune-scheduled-check": {
+        "task": TASK_SCHEDULED_CHECK,
+        "schedule": crontab(**crontab_fields(settings.schedule)),
+        "options": {"expires": 300, "queue": TASK_QUEUES[TASK_SCHEDULED_CHECK]},
+    },
+}
 
 
 @worker_process_init.connect

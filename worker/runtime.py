@@ -10,14 +10,16 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from shared.db import Database
 from shared.events import Emitter, RedisPublisher, file_sink
 from shared.names import cancel_key
-from shared.runs import RunStore
+from shared.runs import FineTuneManager, RunStore
 from shared.settings import Settings
+from shared.traces import TraceStore
 
 
 @dataclass
@@ -32,6 +34,12 @@ class Runtime:
         if log_path is not None:
             sinks.append(file_sink(log_path))
         return Emitter(run_id, sinks)
+
+    def manager(self, celery: Any) -> FineTuneManager:
+        """A FineTuneManager for tasks that start runs (the scheduled check)."""
+        return FineTuneManager(
+            self.settings, self.db, TraceStore(self.settings.traces_db_path), celery, self.redis
+        )
 
     def cancel_requested(self, run_id: str) -> bool:
         try:
