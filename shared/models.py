@@ -73,6 +73,12 @@ class FineTuneRun(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     task_ids: Mapped[str | None] = mapped_column(Text)  # JSON list of Celery task ids
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # --- liveness (migration 0002): the watchdog reads these ---
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # exporting | queued | training | evaluating: only a working phase must keep beating
+    phase: Mapped[str | None] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    current_task_id: Mapped[str | None] = mapped_column(String(64))
 
     def config_dict(self) -> dict[str, Any]:
         return json.loads(self.config)

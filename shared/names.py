@@ -35,6 +35,13 @@ TERMINAL_STATUSES = (STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED)
 
 TRIGGERS = ("manual", "scheduled", "api")
 
+# What an active run is doing (finetune_runs.phase). Only working phases must heartbeat.
+PHASE_EXPORTING = "exporting"
+PHASE_QUEUED = "queued"  # between steps: waiting for a worker of the next queue
+PHASE_TRAINING = "training"
+PHASE_EVALUATING = "evaluating"
+WORKING_PHASES = (PHASE_EXPORTING, PHASE_TRAINING, PHASE_EVALUATING)
+
 BACKENDS = ("auto", "trl", "unsloth", "axolotl")
 
 
@@ -73,4 +80,6 @@ ERROR_EXIT_CODES = {
     "MODEL_NOT_FOUND": ExitCode.MODEL_NOT_FOUND,
     "BACKEND_UNAVAILABLE": ExitCode.GENERAL_ERROR,
     "CANCELLED": ExitCode.CANCELLED,
+    "HUNG": ExitCode.GENERAL_ERROR,
+    "WORKER_LOST": ExitCode.GENERAL_ERROR,
 }

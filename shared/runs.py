@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -146,8 +148,22 @@ class RunStore:
             status=status,
             completed_at=utcnow(),
             active_slot=None,
+            phase=None,
             **values,
         )
+
+    def heartbeat_sink(self, min_interval: float = 5.0) -> Callable[[ProgressEvent], None]:
+        """Event sink: any event of a run refreshes its heartbeat_at (at most every few s)."""
+        last = {"at": 0.0}
+
+        def sink(event: ProgressEvent) -> None:
+            now = time.monotonic()
+            if event.run_id is None or now - last["at"] < min_interval:
+                return
+            last["at"] = now
+            self.update(event.run_id, heartbeat_at=utcnow())
+
+        return sink
 
     def record_event(self, event: ProgressEvent) -> None:
         """Event sink: store progress and eval events in finetune_progress."""

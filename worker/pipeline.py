@@ -19,8 +19,17 @@ from typing import Any
 from shared.errors import CancelledError, PipelineError
 from shared.events import Emitter
 from shared.fsutil import write_json_atomic
-from shared.models import FineTuneRun
-from shared.names import STATUS_CANCELLED, STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING
+from shared.models import FineTuneRun, utcnow
+from shared.names import (
+    PHASE_EVALUATING,
+    PHASE_EXPORTING,
+    PHASE_QUEUED,
+    PHASE_TRAINING,
+    STATUS_CANCELLED,
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+)
 from shared.traces import TraceStore
 from worker.runtime import Runtime, runtime
 from worker.training.artifacts import RunPaths
@@ -59,27 +68,40 @@ def _fail(rt: Runtime, run: FineTuneRun, emitter: Emitter, exc: Exception) -> di
     return {"status": STATUS_FAILED, "code": code}
 
 
+def _current_task_id() -> str | None:
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)
+    return getattr(request, "id", None)
+
+
 def _step(
     run_id: str,
+    phase: str,
     body: Callable[[Runtime, FineTuneRun, Emitter], dict[str, Any]],
     *,
     claim: bool = False,
 ) -> dict[str, Any]:
+    """Run one step of an active run: mark its phase and heartbeat (the watchdog reads them),
+    then `body`; a step that returns normally leaves the run `queued` for the next one."""
     rt = runtime()
     if claim and not rt.runs.claim(run_id):
         return {"status": "skipped", "reason": "run is not pending"}
     run = rt.runs.get(run_id)
     if run.status != STATUS_RUNNING:
         return {"status": "skipped", "reason": f"run is {run.status}"}
+    rt.runs.update(run_id, phase=phase, heartbeat_at=utcnow(), current_task_id=_current_task_id())
     log_path = Path(run.log_path or rt.settings.log_dir / f"{run_id}.log")
     emitter = rt.emitter(run_id, log_path=log_path)
     with run_log(log_path):
         try:
             if run.cancel_requested or rt.cancel_requested(run_id):
                 raise CancelledError()
-            return body(rt, run, emitter)
+            result = body(rt, run, emitter)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run
             return _fail(rt, run, emitter, exc)
+    rt.runs.update(run_id, phase=PHASE_QUEUED)
+    return result
 
 
 def export_step(run_id: str) -> dict[str, Any]:
@@ -110,7 +132,7 @@ def export_step(run_id: str) -> dict[str, Any]:
         )
         return {"status": "exported", "train_count": result.train_count}
 
-    return _step(run_id, body, claim=True)
+    return _step(run_id, PHASE_EXPORTING, body, claim=True)
 
 
 def train_step(run_id: str) -> dict[str, Any]:
@@ -142,7 +164,7 @@ def train_step(run_id: str) -> dict[str, Any]:
         rt.runs.update(run.id, backend=result.backend, metrics=json.dumps(result.metrics))
         return {"status": "trained", "total_steps": result.metrics["total_steps"]}
 
-    return _step(run_id, body)
+    return _step(run_id, PHASE_TRAINING, body)
 
 
 def evaluate_step(run_id: str) -> dict[str, Any]:
@@ -190,7 +212,7 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
         emitter.emit("complete", metrics=metrics, adapter_path=str(final), status=STATUS_COMPLETED)
         return {"status": STATUS_COMPLETED, "adapter_path": str(final)}
 
-    return _step(run_id, body)
+    return _step(run_id, PHASE_EVALUATING, body)
 
 
 def _provenance(export_dir: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class Runtime:
     runs: RunStore
 
     def emitter(self, run_id: str, *, log_path: Path | None = None) -> Emitter:
-        sinks = [self.runs.record_event, RedisPublisher(self.redis)]
+        sinks = [self.runs.record_event, self.runs.heartbeat_sink(), RedisPublisher(self.redis)]
         if log_path is not None:
             sinks.append(file_sink(log_path))
         return Emitter(run_id, sinks)

@@ -22,6 +22,7 @@ from shared.names import (
     QUEUE_TRAIN,
     TASK_EVALUATE,
     TASK_EXPORT,
+    TASK_SCHEDULED_CHECK,
     TASK_TRAIN,
     ExitCode,
     cancel_key,
@@ -174,6 +175,7 @@ def test_celery_config_routes_tasks_to_their_queues(settings: Settings) -> None:
         TASK_EXPORT: {"queue": QUEUE_EXPORT},
         TASK_TRAIN: {"queue": QUEUE_TRAIN},
         TASK_EVALUATE: {"queue": QUEUE_TRAIN},
+        TASK_SCHEDULED_CHECK: {"queue": QUEUE_EXPORT},
     }
     assert config["task_acks_late"] is False and config["worker_prefetch_multiplier"] == 1
     assert config["accept_content"] == ["json"]
