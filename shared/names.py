@@ -12,6 +12,7 @@ TASK_EXPORT = "tmde.finetune.export"
 TASK_TRAIN = "tmde.finetune.train"
 TASK_EVALUATE = "tmde.finetune.evaluate"
 TASK_SCHEDULED_CHECK = "tmde.finetune.scheduled_check"
+TASK_WATCHDOG = "tmde.finetune.watchdog"
 
 QUEUE_EXPORT = "export"  # CPU workers: reads the trace database, writes JSONL
 QUEUE_TRAIN = "train"  # GPU-pinned workers: training and evaluation (they load the model)
@@ -21,6 +22,7 @@ TASK_QUEUES = {
     TASK_TRAIN: QUEUE_TRAIN,
     TASK_EVALUATE: QUEUE_TRAIN,
     TASK_SCHEDULED_CHECK: QUEUE_EXPORT,  # control tasks run on the CPU workers
+    TASK_WATCHDOG: QUEUE_EXPORT,
 }
 
 # --- run statuses (seed §3.1 CHECK constraint) ------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared.db import Database
@@ -180,6 +180,15 @@ class RunStore:
                     learning_rate=event.learning_rate,
                     eta_seconds=event.eta_seconds,
                     event_type=event.type,
+                )
+            )
+
+    def forget_progress_after(self, run_id: str, step: int) -> None:
+        """Drop rows past `step`: a resumed run trains those steps again from its checkpoint."""
+        with self.db.session() as session:
+            session.execute(
+                delete(FineTuneProgress).where(
+                    FineTuneProgress.run_id == run_id, FineTuneProgress.step > step
                 )
             )
 

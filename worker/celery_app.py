@@ -15,10 +15,12 @@ import logging
 from celery.schedules import crontab
 from celery.signals import worker_process_init
 
-from shared.names import TASK_QUEUES, TASK_SCHEDULED_CHECK
+from shared.names import TASK_QUEUES, TASK_SCHEDULED_CHECK, TASK_WATCHDOG
 from shared.queue import make_celery
 from shared.schedule import crontab_fields
 from shared.settings import Settings
+
+WATCHDOG_INTERVAL_SECONDS = 10.0
 
 settings = Settings.from_env()
 app = make_celery(settings, main="tmde")
@@ -30,6 +32,11 @@ app.conf.beat_schedule = {
         "task": TASK_SCHEDULED_CHECK,
         "schedule": crontab(**crontab_fields(settings.schedule)),
         "options": {"expires": 300, "queue": TASK_QUEUES[TASK_SCHEDULED_CHECK]},
+    },
+    "finetune-watchdog": {
+        "task": TASK_WATCHDOG,
+        "schedule": WATCHDOG_INTERVAL_SECONDS,
+        "options": {"expires": WATCHDOG_INTERVAL_SECONDS, "queue": TASK_QUEUES[TASK_WATCHDOG]},
     },
 }
 

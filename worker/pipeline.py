@@ -142,7 +142,15 @@ def train_step(run_id: str) -> dict[str, Any]:
 
         config = run.config_dict()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
-        paths.discard()  # a re-delivered task starts clean; crash resume is checkpoint-based
+        resume_from = None
+        if run.attempts > 0:  # re-queued by the watchdog after its worker was lost
+            from worker.watchdog import latest_checkpoint
+
+            resume_from = latest_checkpoint(paths.checkpoint_dir)
+        if resume_from is None:
+            paths.discard()  # a fresh attempt starts clean
+        else:
+            rt.runs.forget_progress_after(run.id, int(resume_from.name.split("-")[-1]))
         export_dir = Path(run.export_dir or "")
         rt.runs.update(run.id, backend=resolve_backend(config["backend"]))
         job = TrainJob(
@@ -156,6 +164,7 @@ def train_step(run_id: str) -> dict[str, Any]:
             emitter=emitter,
             should_cancel=lambda: rt.cancel_requested(run.id),
             torch_threads=rt.settings.torch_threads,
+            resume_from=resume_from,
         )
         result = run_backend(job)
         from worker.training.artifacts import write_training_files

@@ -23,15 +23,27 @@ def manager(settings: Settings, migrated_url: str, trace_store: TraceStore, monk
     celery.conf.update(broker_url="memory://", result_backend="cache+memory://")
     monkeypatch.setattr("shared.queue.enqueue_pipeline", lambda app, run_id: ["a", "b", "c"])
     db = Database(migrated_url)
-    yield FineTuneManager(settings.replace(database_url=migrated_url), db, trace_store, celery,
-                          fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    yield FineTuneManager(
+        settings.replace(database_url=migrated_url),
+        db,
+        trace_store,
+        celery,
+        fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+    )
     db.dispose()
 
 
 def _completed_run(manager: FineTuneManager, started: datetime) -> None:
     with manager.db.session() as session:
-        session.add(FineTuneRun(id="run_000000000001", status="completed", base_model="m",
-                                config="{}", started_at=started.replace(tzinfo=None)))
+        session.add(
+            FineTuneRun(
+                id="run_000000000001",
+                status="completed",
+                base_model="m",
+                config="{}",
+                started_at=started.replace(tzinfo=None),
+            )
+        )
 
 
 def test_tick_starts_a_scheduled_run_when_conditions_hold(manager: FineTuneManager) -> None:
@@ -57,9 +69,16 @@ def test_only_new_traces_since_the_last_completed_run_count(manager: FineTuneMan
     decision = schedule.scheduled_tick(manager, datetime(2027, 1, 2, 2, 0, tzinfo=UTC))
     assert decision["decision"] == "skipped"
     assert "only 0 new traces" in decision["reason"] and "need 10" in decision["reason"]
-    fresh = [Trace(id=f"new{i}", query=f"New question {i}?", final_answer="A", quality_score=9,
-                   created_at=(datetime(2027, 1, 1, 12, tzinfo=UTC) + timedelta(minutes=i))
-                   .isoformat()) for i in range(10)]
+    fresh = [
+        Trace(
+            id=f"new{i}",
+            query=f"New question {i}?",
+            final_answer="A",
+            quality_score=9,
+            created_at=(datetime(2027, 1, 1, 12, tzinfo=UTC) + timedelta(minutes=i)).isoformat(),
+        )
+        for i in range(10)
+    ]
     manager.traces.add_many(fresh)
     decision = schedule.scheduled_tick(manager, datetime(2027, 1, 3, 2, 0, tzinfo=UTC))
     assert decision["decision"] == "started"
@@ -83,8 +102,13 @@ def test_next_fire_time_and_crontab_fields() -> None:
     after = datetime(2026, 2, 18, 12, 0, tzinfo=UTC)  # a Wednesday
     assert schedule.next_fire_time("0 2 * * 0", after) == datetime(2026, 2, 22, 2, 0, tzinfo=UTC)
     fields: dict[str, Any] = schedule.crontab_fields("*/15 3 1 * 1-5")
-    assert fields == {"minute": "*/15", "hour": "3", "day_of_month": "1", "month_of_year": "*",
-                      "day_of_week": "1-5"}
+    assert fields == {
+        "minute": "*/15",
+        "hour": "3",
+        "day_of_month": "1",
+        "month_of_year": "*",
+        "day_of_week": "1-5",
+    }
     from celery.schedules import crontab
 
     crontab(**fields)  # celery accepts every field FINETUNE_SCHEDULE validation allows

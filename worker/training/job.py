@@ -25,6 +25,7 @@ class TrainJob:
     emitter:        receives the seed §5.1 events
     should_cancel:  polled after every step; True stops training (CancelledError)
     torch_threads:  intra-op threads for torch on a CPU; 0 keeps torch's default
+    resume_from:    a `checkpoint-N` folder to continue from (crash resume), or None
     """
 
     run_id: str
@@ -37,6 +38,7 @@ class TrainJob:
     emitter: Emitter
     should_cancel: Callable[[], bool] = lambda: False
     torch_threads: int = 0
+    resume_from: Path | None = None
 
 
 @dataclass

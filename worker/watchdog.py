@@ -1,0 +1,141 @@
+"""The watchdog (seed §9.3, adapted): runs whose heartbeat stopped are killed, resumed or failed.
+
+A working step (export, training, evaluation) refreshes `finetune_runs.heartbeat_at` on every
+event it emits, at least every 10 s while training. A beat task calls `reap()` every few
+seconds; a run whose heartbeat is older than FINETUNE_HEARTBEAT_TIMEOUT is one of:
+
+- hung: its task is still active on a live worker. The task is terminated (SIGKILL through
+  Celery's revoke, which reaches the worker wherever it runs) and the run fails with `HUNG`.
+- lost: no live worker has its task (the worker was killed, the machine lost). A training
+  run with a checkpoint is resumed from it by the next `train` worker, at most
+  MAX_RESUMES times; an evaluation is re-queued (its staged adapter is complete); anything else
+  fails with `WORKER_LOST` and the reason.
+
+Because the training task is acknowledged early, the broker never re-delivers it: only the
+watchdog re-queues, and only after checking that no worker is still running it, so a run is
+never trained twice at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, chain
+from sqlalchemy import select
+
+from shared.models import FineTuneRun, utcnow
+from shared.names import (
+    PHASE_EVALUATING,
+    PHASE_QUEUED,
+    PHASE_TRAINING,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    TASK_EVALUATE,
+    TASK_QUEUES,
+    TASK_TRAIN,
+    WORKING_PHASES,
+)
+from worker.runtime import Runtime
+from worker.training.artifacts import RunPaths
+
+log = logging.getLogger(__name__)
+
+MAX_RESUMES = 3
+INSPECT_TIMEOUT_SECONDS = 2.0
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete `checkpoint-N` folder (one with its trainer state saved)."""
+    if not checkpoint_dir.is_dir():
+        return None
+    found = [
+        (int(match.group(1)), path)
+        for path in checkpoint_dir.iterdir()
+        if (match := CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def stale_runs(rt: Runtime) -> list[FineTuneRun]:
+    cutoff = utcnow() - timedelta(seconds=rt.settings.heartbeat_timeout)
+    with rt.db.session() as session:
+        return list(
+            session.scalars(
+                select(FineTuneRun).where(
+                    FineTuneRun.status == STATUS_RUNNING,
+                    FineTuneRun.phase.in_(WORKING_PHASES),
+                    FineTuneRun.heartbeat_at < cutoff,
+                )
+            )
+        )
+
+
+def active_task_ids(celery: Celery) -> set[str] | None:
+    """Ids of tasks running on any live worker; None when no worker answered at all."""
+    replies = celery.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS).active()
+    if replies is None:
+        return None
+    return {task["id"] for tasks in replies.values() for task in tasks}
+
+
+def _requeue(celery: Celery, rt: Runtime, run: FineTuneRun, names: tuple[str, ...]) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in names]
+    rt.runs.update(
+        run.id,
+        phase=PHASE_QUEUED,
+        attempts=run.attempts + 1,
+        heartbeat_at=utcnow(),
+        current_task_id=None,
+    )
+    steps = [
+        celery.signature(name, args=(run.id,), immutable=True, queue=TASK_QUEUES[name]).set(
+            task_id=task_id
+        )
+        for name, task_id in zip(names, ids, strict=True)
+    ]
+    chain(*steps).apply_async()
+    return ids
+
+
+def _fail(rt: Runtime, run: FineTuneRun, code: str, message: str) -> None:
+    if rt.runs.finish(run.id, STATUS_FAILED, error_code=code, error_message=message):
+        rt.emitter(run.id, log_path=Path(run.log_path) if run.log_path else None).emit(
+            "error", code=code, message=message, status=STATUS_FAILED
+        )
+
+
+def handle_stale(rt: Runtime, celery: Celery, run: FineTuneRun, active: set[str]) -> dict:
+    age = int((utcnow() - run.heartbeat_at).total_seconds()) if run.heartbeat_at else None
+    silence = f"no heartbeat for {age} s while {run.phase}"
+    if run.current_task_id and run.current_task_id in active:
+        celery.control.revoke(run.current_task_id, terminate=True, signal="SIGKILL")
+        _fail(rt, run, "HUNG", f"The trainer hung ({silence}) and was terminated")
+        return {"runId": run.id, "action": "killed"}
+    paths = RunPaths(rt.settings.lora_output_dir, run.id)
+    if run.attempts >= MAX_RESUMES:
+        _fail(rt, run, "WORKER_LOST", f"Worker lost ({silence}) after {run.attempts} resumes")
+        return {"runId": run.id, "action": "failed"}
+    if run.phase == PHASE_TRAINING and latest_checkpoint(paths.checkpoint_dir):
+        _requeue(celery, rt, run, (TASK_TRAIN, TASK_EVALUATE))
+        log.warning("run %s: worker lost (%s); resuming from its last checkpoint", run.id, silence)
+        return {"runId": run.id, "action": "resumed"}
+    if run.phase == PHASE_EVALUATING and (paths.staging_dir / "metrics.json").is_file():
+        _requeue(celery, rt, run, (TASK_EVALUATE,))
+        return {"runId": run.id, "action": "re-evaluating"}
+    _fail(rt, run, "WORKER_LOST", f"Worker lost ({silence}) and no checkpoint to resume from")
+    return {"runId": run.id, "action": "failed"}
+
+
+def reap(rt: Runtime, celery: Celery) -> list[dict[str, Any]]:
+    """One watchdog pass over every active run."""
+    stale = stale_runs(rt)
+    if not stale:
+        return []
+    active = active_task_ids(celery) or set()
+    return [handle_stale(rt, celery, run, active) for run in stale]
