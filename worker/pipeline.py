@@ -30,6 +30,7 @@ from shared.names import (
     STATUS_FAILED,
     STATUS_RUNNING,
 )
+from shared.runs import RunNotFoundError
 from shared.traces import TraceStore
 from worker.runtime import Runtime, runtime
 from worker.training.artifacts import RunPaths
@@ -85,6 +86,11 @@ def _step(
     """Run one step of an active run: mark its phase and heartbeat (the watchdog reads them),
     then `body`; a step that returns normally leaves the run `queued` for the next one."""
     rt = runtime()
+    try:
+        run = rt.runs.get(run_id)
+    except RunNotFoundError:  # e.g. a message left in the broker by another deployment
+        log.warning("skipping a task for unknown run %s", run_id)
+        return {"status": "skipped", "reason": "unknown run"}
     if claim and not rt.runs.claim(run_id):
         return {"status": "skipped", "reason": "run is not pending"}
     run = rt.runs.get(run_id)

@@ -1,12 +1,15 @@
 """Real components: a Redis server, a Celery worker process, the API over real HTTP.
 
-Redis: the one at TEST_REDIS_URL (default redis://127.0.0.1:6379/15), else an embedded
+Redis: the one at TEST_REDIS_URL (default redis://127.0.0.1:6379/<8-15>), else an embedded
 redis-server started for the session (the same fallback `make demo` uses).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from shared.names import progress_channel
 from shared.settings import Settings
 from tests.conftest import make_settings
 
@@ -44,11 +48,13 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from shared.demo import redis_answers, start_embedded_redis
 
-    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    # Celery queues live in the database number, so concurrent test sessions on one Redis
+    # pick different numbers (8-15; 0-7 are left to people and `make demo`).
+    url = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{8 + os.getpid() % 8}")
     process = None
     if not redis_answers(url):
         process, url = start_embedded_redis(tmp_path_factory.mktemp("redis"))
-        url = url.rsplit("/", 1)[0] + "/15"
+        url = url.rsplit("/", 1)[0] + "/8"
     redis.Redis.from_url(url).flushdb()
     yield url
     if process is not None:
@@ -64,25 +70,19 @@ class Service:
     worker: subprocess.Popen
 
 
-@pytest.fixture
-def service(tmp_path: Path, redis_url: str, migrated_url: str, trace_store) -> Iterator[Service]:
-    """API (werkzeug, threaded, real sockets) + one Celery worker process on both queues."""
-    from werkzeug.serving import make_server
-
-    from app import create_app
-
-    settings = make_settings(tmp_path, redis_url=redis_url, database_url=migrated_url)
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
+def start_worker(
+    settings: Settings, log_path: Path, queues: str = "export,train"
+) -> subprocess.Popen:
+    """A real Celery worker process (prefork, its own session so it can be killed whole)."""
+    log = open(log_path, "a")  # noqa: SIM115 - the child keeps it; closed when it exits
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "shared.cli",
             "worker",
             "--queues",
-            "export,train",
+            queues,
             "--name",
             f"test-{uuid.uuid4().hex[:8]}@%h",
             "--loglevel",
@@ -94,21 +94,41 @@ def service(tmp_path: Path, redis_url: str, migrated_url: str, trace_store) -> I
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    log.close()
+    _wait_for_worker(log_path, process)
+    return process
+
+
+def stop_worker(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def service(tmp_path: Path, redis_url: str, migrated_url: str, trace_store) -> Iterator[Service]:
+    """API (werkzeug, threaded, real sockets) + one Celery worker process on both queues."""
+    from werkzeug.serving import make_server
+
+    from app import create_app
+
+    settings = make_settings(tmp_path, redis_url=redis_url, database_url=migrated_url)
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    _wait_for_worker(tmp_path / "worker.log", worker)
+    worker = start_worker(settings, tmp_path / "worker.log")
+    service = Service(settings, f"http://127.0.0.1:{server.server_port}", client, worker)
     try:
-        yield Service(settings, f"http://127.0.0.1:{server.server_port}", client, worker)
+        yield service
     finally:
         server.shutdown()
-        os.killpg(worker.pid, 15)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, 9)
-            worker.wait()
-        log.close()
+        stop_worker(service.worker)
 
 
 def _wait_for_worker(log_path: Path, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -120,3 +140,34 @@ def _wait_for_worker(log_path: Path, process: subprocess.Popen, timeout: float =
             return
         time.sleep(0.2)
     raise TimeoutError(f"worker not ready:\n{log_path.read_text()}")
+
+
+class EventLog:
+    """Collects runs' events from Redis in a background thread. Pub/sub channels are global to
+    a Redis server (not per database), so events are filtered by this test's run id."""
+
+    def __init__(self, service: Service) -> None:
+        self.run_id: str | None = None
+        self.all_events: list[dict] = []
+        self.pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe(progress_channel("*"))
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for message in self.pubsub.listen():
+            if message["type"] == "pmessage":
+                self.all_events.append(json.loads(message["data"]))
+
+    @property
+    def events(self) -> list[dict]:
+        return [e for e in list(self.all_events) if e.get("run_id") == self.run_id]
+
+    def wait_for(self, predicate, timeout: float = 180) -> dict:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            time.sleep(0.1)
+        raise TimeoutError(f"no matching event; saw {[e['type'] for e in self.events]}")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from shared.fsutil import folder_digest
-from shared.names import progress_channel
-from tests.integration.conftest import Service
+from tests.integration.conftest import EventLog, Service
 
 pytestmark = pytest.mark.integration
 
@@ -26,37 +23,6 @@ TINY = {
     "maxSeqLen": 256,
     "evalSamples": 1,
 }
-
-
-class EventLog:
-    """Collects runs' events from Redis in a background thread. Pub/sub channels are global to
-    a Redis server (not per database), so events are filtered by this test's run id."""
-
-    def __init__(self, service: Service) -> None:
-        self.run_id: str | None = None
-        self.all_events: list[dict] = []
-        self.pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.psubscribe(progress_channel("*"))
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
-
-    def _pump(self) -> None:
-        for message in self.pubsub.listen():
-            if message["type"] == "pmessage":
-                self.all_events.append(json.loads(message["data"]))
-
-    @property
-    def events(self) -> list[dict]:
-        return [e for e in list(self.all_events) if e.get("run_id") == self.run_id]
-
-    def wait_for(self, predicate, timeout: float = 180) -> dict:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events:
-                if predicate(event):
-                    return event
-            time.sleep(0.1)
-        raise TimeoutError(f"no matching event; saw {[e['type'] for e in self.events]}")
 
 
 def _start(service: Service, model: Path, **config: object) -> str:

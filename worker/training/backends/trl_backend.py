@@ -118,7 +118,7 @@ def train(job: TrainJob) -> TrainResult:
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
     except torch.OutOfMemoryError as exc:
         raise OutOfMemoryError(f"Out of memory during training: {exc}") from exc
     elapsed = time.monotonic() - started
