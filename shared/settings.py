@@ -162,6 +162,9 @@ class Settings:
     packing: bool = _env("FINETUNE_PACKING", True, _bool, "Pack short examples into full rows")
     eval_samples: int = _env("FINETUNE_EVAL_SAMPLES", 2, _int(0, 1000), "Generated eval samples")
     heartbeat_timeout: int = _env("FINETUNE_HEARTBEAT_TIMEOUT", 60, _int(5), "Seconds = hung")
+    oom_retries: int = _env(
+        "FINETUNE_OOM_RETRIES", 1, _int(0, 8), "OOM retries with half the micro-batch"
+    )
     model_cache_dir: Path = _env("MODEL_CACHE_DIR", Path("data/models"), Path, "Converted models")
     log_dir: Path = _env("FINETUNE_LOG_DIR", Path("data/finetune_logs"), Path, "Run logs")
     api_host: str = _env("API_HOST", "127.0.0.1", _text, "API bind address")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import CancelledError, PipelineError
+from shared.errors import CancelledError, OutOfMemoryError, PipelineError
 from shared.events import Emitter
 from shared.fsutil import write_json_atomic
 from shared.models import FineTuneRun, utcnow
@@ -143,7 +143,7 @@ def export_step(run_id: str) -> dict[str, Any]:
 
 def train_step(run_id: str) -> dict[str, Any]:
     def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
-        from worker.training.job import TrainJob, resolve_backend, run_backend
+        from worker.training.job import TrainJob, resolve_backend
         from worker.training.models import resolve_model
 
         config = run.config_dict()
@@ -172,7 +172,7 @@ def train_step(run_id: str) -> dict[str, Any]:
             torch_threads=rt.settings.torch_threads,
             resume_from=resume_from,
         )
-        result = run_backend(job)
+        result = _train_with_oom_retries(rt, run.id, job, emitter)
         from worker.training.artifacts import write_training_files
 
         write_training_files(paths.staging_dir, result.hyperparameters, result.metrics)
@@ -180,6 +180,50 @@ def train_step(run_id: str) -> dict[str, Any]:
         return {"status": "trained", "total_steps": result.metrics["total_steps"]}
 
     return _step(run_id, PHASE_TRAINING, body)
+
+
+def _train_with_oom_retries(rt: Runtime, run_id: str, job: Any, emitter: Emitter) -> Any:
+    """Seed §9.2 plus retries: on OOM, halve the micro-batch and double the accumulation (the
+    same effective batch) up to FINETUNE_OOM_RETRIES times, then fail with code OOM."""
+    from worker.training.job import run_backend
+
+    retries = 0
+    while True:
+        try:
+            result = run_backend(job)
+            result.metrics["oom_retries"] = retries
+            return result
+        except OutOfMemoryError:
+            batch = job.config["batchSize"]
+            if retries >= rt.settings.oom_retries or batch == 1:
+                raise
+            retries += 1
+            job.config = {
+                **job.config,
+                "batchSize": batch // 2,
+                "gradAccum": job.config["gradAccum"] * 2,
+            }
+            rt.runs.update(run_id, config=json.dumps(job.config))
+            log.warning(
+                "run %s: out of memory at batch %d; retrying with batch %d x accum %d",
+                run_id,
+                batch,
+                batch // 2,
+                job.config["gradAccum"],
+            )
+            _free_accelerator_memory()
+            RunPaths(rt.settings.lora_output_dir, run_id).discard()
+            emitter.emit("heartbeat", message=f"OOM at batch {batch}; retrying with {batch // 2}")
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def evaluate_step(run_id: str) -> dict[str, Any]:

@@ -100,3 +100,31 @@ def test_unexpected_errors_fail_the_run_with_the_reason(
     run = rt.runs.get(run_id)
     assert run.error_code == "GENERAL" and "disk on fire" in run.error_message
     assert "disk on fire" in Path(run.log_path).read_text()
+
+
+def test_oom_retries_with_half_the_batch_then_succeeds(
+    rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMDE_TEST_RAISE_OOM", "2:2")  # step 2, only while batch >= 2
+    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model, batchSize=2, gradAccum=1))
+    pipeline.export_step(run_id)
+    assert pipeline.train_step(run_id)["status"] == "trained"
+    run = rt.runs.get(run_id)
+    config = run.config_dict()
+    assert (config["batchSize"], config["gradAccum"]) == (1, 2)  # same effective batch
+    assert run.metrics_dict()["oom_retries"] == 1
+
+
+def test_oom_that_persists_fails_the_run_with_code_oom(
+    rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMDE_TEST_RAISE_OOM", "1:1")
+    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model, batchSize=2, gradAccum=1))
+    pipeline.export_step(run_id)
+    assert pipeline.train_step(run_id)["status"] == "failed"
+    run = rt.runs.get(run_id)
+    assert run.error_code == "OOM" and "out of memory" in run.error_message.lower()
+    event = _published(rt, run_id)
+    assert event["type"] == "error" and event["code"] == "OOM"
+    assert event["suggestion"] == "Reduce batch_size or max_seq_length"
+    assert not (rt.settings.lora_output_dir / ".work" / run_id / "adapter").exists()

@@ -5,6 +5,7 @@ Imported only inside a training process (it subclasses transformers' TrainerCall
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,17 @@ from transformers import TrainerCallback
 from shared.events import Emitter
 
 HEARTBEAT_INTERVAL_SECONDS = 10.0
+# Test-only hook: "STEP:MIN_BATCH" makes training raise the real torch.OutOfMemoryError at
+# optimizer step STEP while the micro-batch is at least MIN_BATCH (so a halved retry can pass).
+OOM_HOOK_ENV = "TMDE_TEST_RAISE_OOM"
+
+
+def _oom_hook() -> tuple[int, int] | None:
+    raw = os.environ.get(OOM_HOOK_ENV)
+    if not raw:
+        return None
+    step, min_batch = raw.split(":")
+    return int(step), int(min_batch)
 
 
 class PipelineCallback(TrainerCallback):
@@ -34,6 +46,7 @@ class PipelineCallback(TrainerCallback):
         self.last_heartbeat = 0.0
         self.last_train_loss: float | None = None
         self.eval_losses: list[float] = []
+        self.oom_hook = _oom_hook()
 
     def _eta(self, state: Any) -> int | None:
         done = state.global_step - self.start_step
@@ -48,6 +61,11 @@ class PipelineCallback(TrainerCallback):
         self.emitter.emit("training_start", total_steps=state.max_steps, step=state.global_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        hook = self.oom_hook
+        if hook and state.global_step == hook[0] and args.per_device_train_batch_size >= hook[1]:
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by TMDE_TEST_RAISE_OOM)")
         if self.should_cancel():
             self.cancelled = True
             control.should_training_stop = True

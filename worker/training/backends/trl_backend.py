@@ -26,7 +26,11 @@ def check_target_modules(model: Any, wanted: list[str]) -> None:
         import torch
 
         linear = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+            {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
         )
         raise PipelineError(
             f"targetModules {missing} are not in this model; its linear layers are {linear}"
