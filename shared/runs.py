@@ -320,7 +320,8 @@ class FineTuneManager:
         if run.status in TERMINAL_STATUSES:
             raise RunConflictError(f"Run {run_id} is already {run.status}", run_id)
         self.runs.update(run_id, cancel_requested=True)
-        self.redis.set(cancel_key(run_id), "1", ex=7 * 24 * 3600)
+        # The value is when it was asked: the watchdog terminates a trainer that ignores it.
+        self.redis.set(cancel_key(run_id), str(time.time()), ex=7 * 24 * 3600)
         if self.runs.cancel_pending(run_id):
             for task_id in json.loads(run.task_ids or "[]"):
                 self.celery.control.revoke(task_id)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -33,12 +34,14 @@ from shared.names import (
     PHASE_EVALUATING,
     PHASE_QUEUED,
     PHASE_TRAINING,
+    STATUS_CANCELLED,
     STATUS_FAILED,
     STATUS_RUNNING,
     TASK_EVALUATE,
     TASK_QUEUES,
     TASK_TRAIN,
     WORKING_PHASES,
+    cancel_key,
 )
 from worker.runtime import Runtime
 from worker.training.artifacts import RunPaths
@@ -46,6 +49,7 @@ from worker.training.artifacts import RunPaths
 log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
+CANCEL_GRACE_SECONDS = 30.0
 INSPECT_TIMEOUT_SECONDS = 2.0
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -132,10 +136,46 @@ def handle_stale(rt: Runtime, celery: Celery, run: FineTuneRun, active: set[str]
     return {"runId": run.id, "action": "failed"}
 
 
+def overdue_cancels(rt: Runtime, now: float | None = None) -> list[FineTuneRun]:
+    """Running runs whose cancel was asked more than CANCEL_GRACE_SECONDS ago."""
+    now = time.time() if now is None else now
+    with rt.db.session() as session:
+        asked = session.scalars(
+            select(FineTuneRun).where(
+                FineTuneRun.status == STATUS_RUNNING, FineTuneRun.cancel_requested.is_(True)
+            )
+        ).all()
+    overdue = []
+    for run in asked:
+        raw = rt.redis.get(cancel_key(run.id))
+        if raw is not None and now - float(raw) > CANCEL_GRACE_SECONDS:
+            overdue.append(run)
+    return overdue
+
+
+def terminate_cancelled(rt: Runtime, celery: Celery, run: FineTuneRun) -> dict[str, Any]:
+    """A trainer that did not stop at its next step within the grace period is terminated
+    (SIGKILL via revoke: prefork pool children ignore SIGINT) and the run is cancelled."""
+    if run.current_task_id:
+        celery.control.revoke(run.current_task_id, terminate=True, signal="SIGKILL")
+    RunPaths(rt.settings.lora_output_dir, run.id).discard()
+    if rt.runs.finish(
+        run.id,
+        STATUS_CANCELLED,
+        error_code="CANCELLED",
+        error_message="Cancelled; terminated after the grace period",
+    ):
+        rt.emitter(run.id).emit(
+            "cancelled", status=STATUS_CANCELLED, message="terminated after the cancel grace period"
+        )
+    return {"runId": run.id, "action": "terminated"}
+
+
 def reap(rt: Runtime, celery: Celery) -> list[dict[str, Any]]:
-    """One watchdog pass over every active run."""
+    """One watchdog pass: overdue cancels first, then runs whose heartbeat stopped."""
+    actions = [terminate_cancelled(rt, celery, run) for run in overdue_cancels(rt)]
     stale = stale_runs(rt)
-    if not stale:
-        return []
-    active = active_task_ids(celery) or set()
-    return [handle_stale(rt, celery, run, active) for run in stale]
+    if stale:
+        active = active_task_ids(celery) or set()
+        actions += [handle_stale(rt, celery, run, active) for run in stale]
+    return actions

@@ -140,3 +140,19 @@ def test_resumes_are_bounded(rt: Runtime) -> None:
 def test_incomplete_checkpoints_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-7").mkdir()
     assert watchdog.latest_checkpoint(tmp_path) is None
+
+
+def test_trainer_ignoring_a_cancel_is_terminated_after_the_grace_period(rt: Runtime) -> None:
+    import time
+
+    run_id = _run(rt, phase="training", age=1)
+    rt.runs.update(run_id, cancel_requested=True)
+    rt.redis.set(f"finetune:cancel:{run_id}", str(time.time() - 5))
+    celery = FakeCelery({"w@h": [{"id": "task-1"}]})
+    assert watchdog.reap(rt, celery) == []  # still inside the grace period
+    rt.redis.set(f"finetune:cancel:{run_id}", str(time.time() - watchdog.CANCEL_GRACE_SECONDS - 1))
+    assert watchdog.reap(rt, celery) == [{"runId": run_id, "action": "terminated"}]
+    assert celery.control.revoked == [("task-1", {"terminate": True, "signal": "SIGKILL"})]
+    run = rt.runs.get(run_id)
+    assert run.status == "cancelled" and run.active_slot is None
+    assert json.loads(rt.redis.get(f"finetune:latest:{run_id}"))["type"] == "cancelled"
