@@ -38,8 +38,13 @@ def test_worker_killed_mid_run_is_resumed_from_its_checkpoint(
     from worker.watchdog import reap
 
     log = EventLog(service)
-    config = {**TINY, "baseModel": str(tiny_model), "maxSteps": 60, "saveSteps": 5,
-              "evalSteps": 100000}
+    config = {
+        **TINY,
+        "baseModel": str(tiny_model),
+        "maxSteps": 60,
+        "saveSteps": 5,
+        "evalSteps": 100000,
+    }
     response = requests.post(f"{service.base_url}/api/finetune", json={"config": config})
     run_id = log.run_id = response.json()["runId"]
     log.wait_for(lambda e: e["type"] == "checkpoint")
@@ -63,9 +68,13 @@ def test_worker_killed_mid_run_is_resumed_from_its_checkpoint(
     assert manifest["config"]["maxSteps"] == 60 and manifest["metrics"]["totalSteps"] == 60
     restart = [e for e in log.events if e["type"] == "training_start"]
     assert len(restart) == 2 and 0 < restart[1]["step"] <= killed_at
-    steps = [h["step"] for h in requests.get(
-        f"{service.base_url}/api/finetune/{run_id}/events?limit=5000").json()["events"]
-        if h["type"] == "progress"]
+    steps = [
+        h["step"]
+        for h in requests.get(f"{service.base_url}/api/finetune/{run_id}/events?limit=5000").json()[
+            "events"
+        ]
+        if h["type"] == "progress"
+    ]
     assert steps == list(range(1, 61)), "history has each step once after the resume"
     with db.session() as session:
         from shared.models import FineTuneRun
@@ -88,3 +97,68 @@ def test_scheduler_tick_through_a_real_worker(service: Service) -> None:
     assert second["decision"] == "skipped" and first["runId"] in second["reason"]
     shown = requests.get(f"{service.base_url}/api/finetune/schedule").json()
     assert shown["lastDecision"]["decision"] == "skipped"
+
+
+def test_two_api_processes_racing_give_one_202_and_one_409(
+    tmp_path: Path, redis_url: str, migrated_url: str, trace_store
+) -> None:
+    import subprocess
+    import sys
+    import threading
+
+    from shared.demo import free_port, stop
+    from tests.conftest import make_settings
+    from tests.integration.conftest import REPO, _settings_env
+
+    settings = make_settings(tmp_path, redis_url=redis_url, database_url=migrated_url)
+    ports = [free_port(), free_port()]
+    apis = [
+        subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
+            cwd=REPO,
+            env=_settings_env(settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            _wait(lambda p=port: _healthy(p), timeout=60, every=0.2)
+        for _ in range(3):
+            barrier = threading.Barrier(2)
+            answers: list[requests.Response] = []
+
+            def post(port: int, barrier=barrier, answers=answers) -> None:  # noqa: ANN001
+                barrier.wait()
+                answers.append(
+                    requests.post(
+                        f"http://127.0.0.1:{port}/api/finetune",
+                        json={"config": {"maxSteps": 1}},
+                        timeout=30,
+                    )
+                )
+
+            threads = [threading.Thread(target=post, args=(port,)) for port in ports]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            codes = sorted(answer.status_code for answer in answers)
+            assert codes == [202, 409], [a.text for a in answers]
+            winner = next(a for a in answers if a.status_code == 202).json()["runId"]
+            loser = next(a for a in answers if a.status_code == 409).json()
+            assert loser["activeRunId"] in (winner, None)
+            cancel = requests.post(f"http://127.0.0.1:{ports[0]}/api/finetune/{winner}/cancel")
+            assert cancel.status_code == 202 and cancel.json()["status"] == "cancelled"
+    finally:
+        for api in apis:
+            stop(api)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
