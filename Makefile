@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # on a CUDA machine pip picks the CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install browser demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/tmde-finetune demo
 
-test: install
+# The dashboard test drives Debian's Chromium through Playwright (no browser download).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -q && apt-get install -y -q chromium; }
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs --durations=15
 

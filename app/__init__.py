@@ -1,6 +1,11 @@
 """The Flask API. `create_app()` builds it; blueprints live one per module.
 
 Never imports torch or the training stack: runs are handed to Celery by task name.
+
+Redis connections per API process are bounded and do not grow with viewers: one pub/sub
+connection for the progress relay (`tmde-api-relay`) plus a blocking pool of at most
+REDIS_POOL_SIZE (`tmde-api`) for commands; a request waits for a free pooled connection rather
+than opening another. The client names make them countable in `CLIENT LIST`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from app.relay import Relay
 from shared.db import Database
 from shared.queue import make_celery
 from shared.runs import FineTuneManager
@@ -18,6 +24,9 @@ from shared.settings import Settings
 from shared.traces import TraceStore
 
 MAX_REQUEST_BYTES = 1 << 20
+REDIS_POOL_SIZE = 16
+API_CLIENT_NAME = "tmde-api"
+RELAY_CLIENT_NAME = "tmde-api-relay"
 
 
 def create_app(
@@ -28,7 +37,31 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False
     db = Database(settings.database_url)
-    redis_client = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": 4096}  # clients send nothing
+    if redis_client is None:
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=5,
+            socket_timeout=5,
+            client_name=API_CLIENT_NAME,
+        )
+        redis_client = redis.Redis(connection_pool=pool)
+
+        def relay_connection() -> Any:
+            return redis.Redis.from_url(
+                settings.redis_url,
+                client_name=RELAY_CLIENT_NAME,
+                socket_connect_timeout=5,
+                socket_keepalive=True,
+                health_check_interval=30,
+            )
+    else:  # injected (tests: fakeredis): the relay listens through the same client
+
+        def relay_connection() -> Any:
+            return redis_client
+
+    app.extensions["tmde.relay"] = Relay(relay_connection)
     app.extensions["tmde.settings"] = settings
     app.extensions["tmde.db"] = db
     app.extensions["tmde.redis"] = redis_client
@@ -40,11 +73,12 @@ def create_app(
         redis=redis_client,
     )
 
-    from app import finetune, health, progress
+    from app import dashboard, finetune, health, progress
 
     app.register_blueprint(finetune.bp)
     app.register_blueprint(progress.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(dashboard.bp)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

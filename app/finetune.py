@@ -86,6 +86,17 @@ def default_config():  # type: ignore[no-untyped-def]
     return jsonify(state.manager().default_config())
 
 
+@bp.get("/schedule")
+def schedule():  # type: ignore[no-untyped-def]
+    """The beat schedule: next fire time and the last decision (started, or why not)."""
+    from shared.schedule import schedule_status
+
+    try:
+        return jsonify(schedule_status(state.settings(), state.redis_client()))
+    except Exception as exc:  # noqa: BLE001 - Redis down: say so instead of a 500
+        return _error(503, f"schedule state unavailable: {exc.__class__.__name__}")
+
+
 @bp.get("/<run_id>")
 def get_run(run_id: str):  # type: ignore[no-untyped-def]
     run = _run_or_404(run_id)

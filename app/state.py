@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app
 
+from app.relay import Relay
 from shared.db import Database
 from shared.runs import FineTuneManager
 from shared.settings import Settings
@@ -25,3 +26,7 @@ def database() -> Database:
 
 def redis_client() -> Any:
     return current_app.extensions["tmde.redis"]
+
+
+def relay() -> Relay:
+    return current_app.extensions["tmde.relay"]

@@ -5,8 +5,10 @@
     tmde-finetune traces import FILE.jsonl   import traces; `traces stats` counts them
     tmde-finetune api [--host H] [--port P]  serve the API
     tmde-finetune worker [--queues export,train]
-    tmde-finetune start [--config JSON]      start a run (as the API's POST /api/finetune)
+    tmde-finetune start [--config JSON] [--follow]   start a run (as POST /api/finetune)
+    tmde-finetune follow RUN_ID              progress bar until the run ends; exits with its code
     tmde-finetune status RUN_ID | list
+    tmde-finetune flower [--port P]          Celery's Flower dashboard for the workers
     tmde-finetune export ... | train ...     the seed's scripts (§2.4, §2.5)
     tmde-finetune demo                       the whole pipeline end to end on the embedded model
 
@@ -136,8 +138,38 @@ def cmd_start(args: argparse.Namespace) -> int:
     except (ConfigError, RunConflictError, InsufficientDataError, json.JSONDecodeError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, InsufficientDataError) else 1
-    print(json.dumps({"runId": run.id, "status": run.status}))
+    print(json.dumps({"runId": run.id, "status": run.status}), flush=True)
+    if args.follow:
+        from shared.follow import follow
+
+        return follow(_api_url(args), run.id, timeout=args.timeout)
     return 0
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    if args.api_url:
+        return args.api_url
+    settings = _settings()
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    """Follow through the API's SSE feed; the exit code is the run's outcome (seed §5.3)."""
+    from shared.follow import follow
+
+    return follow(_api_url(args), args.run_id, timeout=args.timeout)
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    """`celery -A worker.celery_app flower` with this project's settings (broker = REDIS_URL)."""
+    from worker.celery_app import app
+
+    argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
+    if args.url_prefix:
+        argv.append(f"--url_prefix={args.url_prefix}")
+    if args.basic_auth:
+        argv.append(f"--basic_auth={args.basic_auth}")
+    return int(app.start(argv) or 0)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -155,6 +187,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _follow_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-url",
+        dest="api_url",
+        help="the API to follow through (default http://API_HOST:API_PORT)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds of silence before reconnecting"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = sub.add_parser("start", help="start a run")
     start.add_argument("--config", help="JSON overrides, e.g. '{\"maxSteps\": 20}'")
+    start.add_argument("--follow", action="store_true", help="then follow it (as `follow`)")
+    _follow_options(start)
     start.set_defaults(func=cmd_start)
+
+    follow = sub.add_parser(
+        "follow", help="show a run's progress until it ends; exit with its outcome"
+    )
+    follow.add_argument("run_id")
+    _follow_options(follow)
+    follow.set_defaults(func=cmd_follow)
+
+    flower = sub.add_parser("flower", help="Flower: monitor the Celery workers and tasks")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--address", default="127.0.0.1")
+    flower.add_argument("--url-prefix", dest="url_prefix", help="when served behind a proxy")
+    flower.add_argument(
+        "--basic-auth",
+        dest="basic_auth",
+        metavar="USER:PASSWORD",
+        help="protect the UI and REST API (or FLOWER_BASIC_AUTH; the API refuses "
+        "unauthenticated calls unless FLOWER_UNAUTHENTICATED_API=true)",
+    )
+    flower.set_defaults(func=cmd_flower)
 
     status = sub.add_parser("status", help="show one run, or list recent runs")
     status.add_argument("run_id", nargs="?")

@@ -24,7 +24,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from shared.follow import ProgressView, render, stream_events
 from shared.settings import Settings
+
+__all__ = ["render", "follow", "run_demo", "main"]  # render: moved to shared.follow
 
 DEMO_CONFIG = {
     "baseModel": "smollm2:135m",
@@ -132,44 +135,14 @@ def wait_for_api(base: str, process: subprocess.Popen, timeout: float = 60) -> N
     raise SystemExit("the API did not become healthy in time")
 
 
-def render(event: dict) -> str | None:
-    kind = event.get("type")
-    if kind == "export_complete":
-        return f"exported {event['train_count']} train / {event['val_count']} val examples"
-    if kind == "training_start":
-        return f"training started: {event.get('total_steps')} steps"
-    if kind == "progress":
-        total, step = event.get("total_steps") or 0, event.get("step") or 0
-        filled = int(30 * step / total) if total else 0
-        eta = event.get("eta_seconds")
-        return (
-            f"[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total} "
-            f"loss {event.get('loss', 0):.4f} lr {event.get('learning_rate') or 0:.2e}"
-            f" eta {eta if eta is not None else '?'}s"
-        )
-    if kind == "eval":
-        return f"  eval at step {event.get('step')}: eval_loss {event.get('eval_loss'):.4f}"
-    if kind == "checkpoint":
-        return f"  checkpoint saved at step {event.get('step')}"
-    if kind in ("complete", "error", "cancelled"):
-        return f"{kind}: {event.get('message') or event.get('adapter_path') or ''}"
-    return None
-
-
 def follow(base: str, run_id: str, timeout: float) -> None:
-    """Print the run's events from its SSE feed until the terminal event."""
-    request = urllib.request.Request(f"{base}/api/finetune/{run_id}/progress")
-    with urllib.request.urlopen(request, timeout=timeout) as stream:
-        for raw in stream:
-            line = raw.decode().strip()
-            if not line.startswith("data: "):
-                continue
-            event = json.loads(line[len("data: ") :])
-            text = render(event)
-            if text:
-                print(text, flush=True)
-            if event.get("type") in ("complete", "error", "cancelled"):
-                return
+    """Print the run's events from its SSE feed until the terminal event (shared.follow)."""
+    view = ProgressView(sys.stdout, tty=False)
+    try:
+        for event in stream_events(base, run_id, timeout=min(timeout, 60.0)):
+            view.show(event)
+    finally:
+        view.close()
 
 
 def stop(process: subprocess.Popen | None) -> None:

@@ -338,7 +338,7 @@ def test_cancel(client: FlaskClient, app: Flask, redis_client: Any) -> None:
     assert body["cancelRequested"] is True
     assert body["errorCode"] == "CANCELLED"
     assert body["completedAt"] is not None
-    assert redis_client.get(f"finetune:cancel:{run_id}") == b"1"
+    assert float(redis_client.get(f"finetune:cancel:{run_id}")) > 0  # when it was asked
 
     again = client.post(f"/api/finetune/{run_id}/cancel")
     assert again.status_code == 409
@@ -411,79 +411,3 @@ def test_events_validate_their_query(client: FlaskClient) -> None:
         response = client.get(f"/api/finetune/{run_id}/events?{query}")
         assert response.status_code == 400, query
         assert "error" in response.get_json(), query
-
-
-# --- SSE progress --------------------------------------------------------------------------------
-
-
-def frames(chunks: Any) -> Iterator[Any]:
-    """Decoded SSE frames (`data:` payloads as dicts, comments as strings) from a body."""
-    buffer = ""
-    for chunk in chunks:
-        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
-        while "\n\n" in buffer:
-            frame, buffer = buffer.split("\n\n", 1)
-            yield json.loads(frame[len("data: ") :]) if frame.startswith("data: ") else frame
-
-
-@pytest.mark.timeout(30)
-def test_progress_stream_headers_and_cached_terminal_event(
-    client: FlaskClient, app: Flask, redis_client: Any
-) -> None:
-    run_id = start(client)
-    emitter = Emitter(run_id, [RedisPublisher(redis_client)])
-    emitter.emit("progress", step=9, total_steps=10)
-    done = emitter.emit("complete", metrics={"final_val_loss": 0.5}, adapter_path="/a")
-    finish(app, run_id)
-
-    response = client.get(f"/api/finetune/{run_id}/progress")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/event-stream")
-    assert response.headers["Cache-Control"] == "no-cache"
-    assert response.headers["X-Accel-Buffering"] == "no"
-    assert list(frames([response.get_data()])) == [done.to_dict()]  # then the stream ends
-
-
-@pytest.mark.timeout(30)
-def test_progress_stream_sends_latest_first_then_live_events(
-    client: FlaskClient, app: Flask, redis_client: Any
-) -> None:
-    run_id = start(client)
-    emitter = Emitter(run_id, [RedisPublisher(redis_client)])
-    latest = emitter.emit("progress", step=3, total_steps=10, loss=1.5)
-
-    response = client.get(f"/api/finetune/{run_id}/progress", buffered=False)
-    try:
-        stream = frames(response.response)
-        assert next(stream) == latest.to_dict()  # subscribed before this was sent
-        live = emitter.emit("eval", step=4, total_steps=10, eval_loss=1.2)
-        assert next(stream) == live.to_dict()
-        end = emitter.emit("error", code="OOM", message="CUDA out of memory")
-        assert next(stream) == end.to_dict()
-        with pytest.raises(StopIteration):  # a terminal event ends the stream
-            next(stream)
-    finally:
-        response.close()
-
-
-@pytest.mark.timeout(30)
-def test_progress_of_a_finished_run_whose_last_event_was_lost(
-    client: FlaskClient, app: Flask, redis_client: Any
-) -> None:
-    """The run is over but its terminal event never reached Redis: the stream still ends."""
-    run_id = start(client)
-    latest = Emitter(run_id, [RedisPublisher(redis_client)]).emit("progress", step=1, total_steps=2)
-    finish(app, run_id, "failed")
-    response = client.get(f"/api/finetune/{run_id}/progress")
-    assert list(frames([response.get_data()])) == [
-        latest.to_dict(),
-        {"type": "status", "run_id": run_id, "status": "failed"},
-    ]
-
-    # a finished run with no event at all: its status, and the end
-    run_id = start(client)
-    finish(app, run_id, "cancelled")
-    response = client.get(f"/api/finetune/{run_id}/progress")
-    assert list(frames([response.get_data()])) == [
-        {"type": "status", "run_id": run_id, "status": "cancelled"}
-    ]

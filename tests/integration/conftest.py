@@ -71,7 +71,7 @@ class Service:
 
 
 def start_worker(
-    settings: Settings, log_path: Path, queues: str = "export,train"
+    settings: Settings, log_path: Path, queues: str = "export,train", **extra_env: str
 ) -> subprocess.Popen:
     """A real Celery worker process (prefork, its own session so it can be killed whole)."""
     log = open(log_path, "a")  # noqa: SIM115 - the child keeps it; closed when it exits
@@ -89,7 +89,7 @@ def start_worker(
             "INFO",
         ],
         cwd=REPO,
-        env=_settings_env(settings),
+        env={**_settings_env(settings), **extra_env},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

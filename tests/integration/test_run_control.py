@@ -182,3 +182,61 @@ def test_a_redis_restart_mid_run_does_not_lose_the_run(
     finally:
         stop_worker(worker)
         stop(redis_process)
+
+
+def _swap_worker(service: Service, tmp_path: Path, **env: str) -> None:
+    stop_worker(service.worker)
+    service.worker = start_worker(service.settings, tmp_path / "worker-hooked.log", **env)
+
+
+def test_watchdog_kills_a_hung_trainer_and_fails_the_run(
+    service: Service, tiny_model: Path, tmp_path: Path
+) -> None:
+    from worker.watchdog import reap
+
+    _swap_worker(service, tmp_path, TMDE_TEST_HANG_AT_STEP="3")
+    log = EventLog(service)
+    config = {
+        **TINY,
+        "baseModel": str(tiny_model),
+        "maxSteps": 50,
+        "saveSteps": 1000,
+        "evalSteps": 1000,
+    }
+    response = requests.post(f"{service.base_url}/api/finetune", json={"config": config})
+    run_id = log.run_id = response.json()["runId"]
+    log.wait_for(lambda e: e["type"] == "progress" and e["step"] == 2)  # it hangs in step 3
+    settings = service.settings.replace(heartbeat_timeout=5)
+    db = Database(settings.database_url)
+    rt = Runtime(settings, db, service.redis, RunStore(db))
+    actions = _wait(lambda: reap(rt, make_celery(settings)), timeout=90, every=1)
+    assert actions == [{"runId": run_id, "action": "killed"}]
+    terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"))
+    assert terminal["type"] == "error" and terminal["code"] == "HUNG"
+    run = requests.get(f"{service.base_url}/api/finetune/{run_id}").json()
+    assert run["status"] == "failed" and run["errorCode"] == "HUNG"
+    assert "no heartbeat" in run["errorMessage"]
+    # the slot is free again and the killed pool process was replaced
+    assert (
+        requests.post(
+            f"{service.base_url}/api/finetune", json={"config": {"baseModel": "nosuch:1b"}}
+        ).status_code
+        == 202
+    )
+    db.dispose()
+
+
+def test_oom_in_a_real_worker_retries_then_fails_with_code_oom(
+    service: Service, tiny_model: Path, tmp_path: Path
+) -> None:
+    _swap_worker(service, tmp_path, TMDE_TEST_RAISE_OOM="2:1")
+    log = EventLog(service)
+    config = {**TINY, "baseModel": str(tiny_model), "maxSteps": 6, "batchSize": 2}
+    response = requests.post(f"{service.base_url}/api/finetune", json={"config": config})
+    run_id = log.run_id = response.json()["runId"]
+    terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"))
+    assert terminal["type"] == "error" and terminal["code"] == "OOM"
+    assert terminal["suggestion"] == "Reduce batch_size or max_seq_length"
+    run = requests.get(f"{service.base_url}/api/finetune/{run_id}").json()
+    assert run["status"] == "failed" and run["errorCode"] == "OOM"
+    assert (run["config"]["batchSize"], run["config"]["gradAccum"]) == (1, 2)  # it retried

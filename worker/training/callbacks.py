@@ -18,6 +18,8 @@ HEARTBEAT_INTERVAL_SECONDS = 10.0
 # Test-only hook: "STEP:MIN_BATCH" makes training raise the real torch.OutOfMemoryError at
 # optimizer step STEP while the micro-batch is at least MIN_BATCH (so a halved retry can pass).
 OOM_HOOK_ENV = "TMDE_TEST_RAISE_OOM"
+# Test-only hook: the trainer hangs (sleeps, no heartbeat) at this optimizer step.
+HANG_HOOK_ENV = "TMDE_TEST_HANG_AT_STEP"
 
 
 def _oom_hook() -> tuple[int, int] | None:
@@ -61,6 +63,9 @@ class PipelineCallback(TrainerCallback):
         self.emitter.emit("training_start", total_steps=state.max_steps, step=state.global_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if os.environ.get(HANG_HOOK_ENV) == str(state.global_step):
+            while True:  # a wedged kernel, a deadlocked collective: only the watchdog helps
+                time.sleep(60)
         hook = self.oom_hook
         if hook and state.global_step == hook[0] and args.per_device_train_batch_size >= hook[1]:
             import torch

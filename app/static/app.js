@@ -1,0 +1,326 @@
+// The dashboard: runs list, start form (default config editable), adapters, and a run page
+// with a live loss chart fed by the websocket. Plain JS, same-origin API calls only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const ACTIVE = ["pending", "running"];
+const TERMINAL = ["complete", "error", "cancelled"];
+const RECONNECT_LIMIT = 20;
+
+async function api(method, path, body) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  return { status: response.status, data };
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "onclick") node.addEventListener("click", value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ""));
+  return node;
+}
+
+const fmt = {
+  num: (v, digits = 4) => (typeof v === "number" ? v.toFixed(digits) : "–"),
+  lr: (v) => (typeof v === "number" ? v.toExponential(2) : "–"),
+  eta(seconds) {
+    if (typeof seconds !== "number" || seconds < 0) return "–";
+    const s = Math.round(seconds), h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+    const ss = String(s % 60).padStart(2, "0");
+    return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+  },
+  time: (iso) => (iso ? new Date(iso).toLocaleString() : "–"),
+  secs: (v) => (typeof v === "number" ? `${v.toFixed(0)} s` : "–"),
+};
+
+function badge(status) {
+  return el("span", { class: `badge ${status}`, "data-status": status }, status);
+}
+
+function setMessage(node, text, kind = "") {
+  node.textContent = text;
+  node.className = `message ${kind}`;
+}
+
+// --- home: runs, start, adapters ----------------------------------------------------------
+
+const home = { timer: null, defaults: null };
+
+async function showHome() {
+  if (home.defaults === null) await resetConfig();
+  await refreshRuns();
+  home.timer = setInterval(refreshRuns, 3000);
+}
+
+async function resetConfig() {
+  const { status, data } = await api("GET", "/api/finetune/config/default");
+  if (status === 200) {
+    home.defaults = data;
+    $("config").value = JSON.stringify(data, null, 2);
+  }
+}
+
+async function refreshRuns() {
+  const { status, data } = await api("GET", "/api/finetune?limit=50");
+  if (status !== 200) return;
+  $("runs-total").textContent = `(${data.total})`;
+  const body = $("runs").tBodies[0];
+  body.replaceChildren(
+    ...data.runs.map((run) => {
+      const metrics = run.metrics || {};
+      const row = el(
+        "tr",
+        { class: "clickable", "data-run-id": run.id, onclick: () => (location.hash = `#/runs/${run.id}`) },
+        el("td", {}, el("a", { href: `#/runs/${run.id}` }, run.id)),
+        el("td", {}, badge(run.status)),
+        el("td", {}, run.baseModel),
+        el("td", {}, fmt.time(run.startedAt)),
+        el("td", {}, metrics.total_steps ?? "–"),
+        el("td", {}, fmt.num(metrics.final_train_loss)),
+      );
+      return row;
+    }),
+  );
+  $("runs-empty").hidden = data.runs.length > 0;
+  const adapters = data.runs.filter((run) => run.status === "completed" && run.loraPath);
+  $("adapters").tBodies[0].replaceChildren(
+    ...adapters.map((run) => {
+      const m = run.metrics || {};
+      return el(
+        "tr",
+        { "data-run-id": run.id },
+        el("td", {}, el("a", { href: `#/runs/${run.id}` }, run.id)),
+        el("td", { class: "path" }, run.loraPath),
+        el("td", {}, `${fmt.num(m.base_val_loss)} → ${fmt.num(m.adapter_val_loss)}`),
+        el("td", {}, m.total_steps ?? "–"),
+        el("td", {}, fmt.secs(m.training_time_seconds)),
+      );
+    }),
+  );
+  $("adapters-empty").hidden = adapters.length > 0;
+}
+
+async function startRun() {
+  const message = $("start-message");
+  let config;
+  try {
+    config = JSON.parse($("config").value);
+  } catch (err) {
+    setMessage(message, `The config is not valid JSON: ${err.message}`, "error");
+    return;
+  }
+  $("start").disabled = true;
+  try {
+    const { status, data } = await api("POST", "/api/finetune", { config });
+    if (status === 202) {
+      setMessage(message, `Started ${data.runId}`, "ok");
+      location.hash = `#/runs/${data.runId}`;
+    } else if (status === 409) {
+      setMessage(message, `${data.error}: ${data.activeRunId}`, "error");
+    } else if (status === 422) {
+      setMessage(message, `${data.error} (have ${data.current}, need ${data.required})`, "error");
+    } else {
+      const fields = data && data.fields ? Object.entries(data.fields).map(([k, v]) => `${k}: ${v}`) : [];
+      setMessage(message, [data ? data.error : `HTTP ${status}`, ...fields].join(" · "), "error");
+    }
+  } finally {
+    $("start").disabled = false;
+  }
+}
+
+// --- one run: history + live websocket ---------------------------------------------------
+
+const view = { runId: null, ws: null, chart: null, lastSeq: null, ended: false, retries: 0, timer: null };
+
+function stopRunView() {
+  if (view.ws) {
+    view.ws.onclose = null;
+    view.ws.close();
+  }
+  clearTimeout(view.timer);
+  Object.assign(view, { runId: null, ws: null, lastSeq: null, ended: false, retries: 0 });
+}
+
+function setStatus(status) {
+  $("run-status").replaceWith(Object.assign(badge(status), { id: "run-status" }));
+  $("cancel").hidden = !ACTIVE.includes(status);
+}
+
+function showRunInfo(run) {
+  setStatus(run.status);
+  $("stat-model").textContent = run.baseModel;
+  if (run.status === "completed" && run.loraPath) {
+    const m = run.metrics || {};
+    const rows = [
+      ["loraPath", run.loraPath],
+      ["base val loss", fmt.num(m.base_val_loss)],
+      ["adapter val loss", fmt.num(m.adapter_val_loss)],
+      ["total steps", m.total_steps ?? "–"],
+      ["training time", fmt.secs(m.training_time_seconds)],
+      ["tokens/s", m.tokens_per_second ?? "–"],
+    ];
+    $("result-list").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    $("run-result").hidden = false;
+  }
+  if (run.status === "failed") setMessage($("run-message"), `${run.errorCode}: ${run.errorMessage}`, "error");
+  if (run.status === "cancelled") setMessage($("run-message"), run.errorMessage || "Cancelled", "");
+}
+
+function showStep(e) {
+  const step = e.step ?? 0, total = e.total_steps ?? 0;
+  $("stat-step").textContent = total ? `${step} / ${total}` : String(step);
+  $("progress-bar").style.width = total ? `${Math.min(100, (100 * step) / total)}%` : "0";
+  if (typeof e.loss === "number") $("stat-loss").textContent = fmt.num(e.loss);
+  if (typeof e.eval_loss === "number") $("stat-eval").textContent = fmt.num(e.eval_loss);
+  if (typeof e.learning_rate === "number") $("stat-lr").textContent = fmt.lr(e.learning_rate);
+  if (e.eta_seconds !== undefined) $("stat-eta").textContent = fmt.eta(e.eta_seconds);
+}
+
+function logEvent(e) {
+  if (e.type === "heartbeat") return;
+  const parts = [e.timestamp || "", e.type];
+  if (e.step !== undefined) parts.push(`step ${e.step}`);
+  if (typeof e.loss === "number") parts.push(`loss ${fmt.num(e.loss)}`);
+  if (typeof e.eval_loss === "number") parts.push(`eval ${fmt.num(e.eval_loss)}`);
+  if (e.message) parts.push(e.message);
+  if (e.adapter_path) parts.push(e.adapter_path);
+  const log = $("log");
+  log.prepend(el("li", {}, parts.join("  ")));
+  while (log.children.length > 200) log.lastChild.remove();
+}
+
+// One event from history (camelCase rows) or the feed (snake_case events).
+function applyEvent(e) {
+  if (e.type === "progress") view.chart.add("train", e.step, e.loss, e.total_steps);
+  if (e.type === "eval") view.chart.add("eval", e.step, e.eval_loss, e.total_steps);
+  if (e.type === "progress" || e.type === "eval" || e.type === "training_start") showStep(e);
+}
+
+function fromHistory(row) {
+  return {
+    type: row.type, step: row.step, total_steps: row.totalSteps, loss: row.loss,
+    eval_loss: row.evalLoss, learning_rate: row.learningRate, eta_seconds: row.etaSeconds,
+  };
+}
+
+async function loadHistory(runId) {
+  let after = 0;
+  for (let page = 0; page < 100; page++) { // bounded: 100 pages of 1000 points
+    const { status, data } = await api("GET", `/api/finetune/${runId}/events?after=${after}&limit=1000`);
+    if (status !== 200 || view.runId !== runId) return;
+    data.events.forEach((row) => applyEvent(fromHistory(row)));
+    if (data.events.length < 1000) return;
+    after = data.next;
+  }
+}
+
+function setFeedState(state) {
+  const node = $("feed-state");
+  node.textContent = state;
+  node.className = `feed ${state}`;
+}
+
+function connect(runId, buffer) {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const after = view.lastSeq === null ? "" : `?after=${view.lastSeq}`;
+  const ws = new WebSocket(`${proto}://${location.host}/api/finetune/${runId}/ws${after}`);
+  view.ws = ws;
+  ws.onopen = () => setFeedState("live");
+  ws.onmessage = (message) => {
+    const frame = JSON.parse(message.data);
+    view.retries = 0;
+    if (buffer && frame.type !== "state") buffer.push(frame);
+    else handleFrame(frame);
+  };
+  ws.onclose = (event) => {
+    if (view.runId !== runId) return;
+    if (view.ended || event.code === 1000) return setFeedState("closed");
+    if (event.code === 4404) {
+      setMessage($("run-message"), `Run not found: ${runId}`, "error");
+      return setFeedState("closed");
+    }
+    if (++view.retries > RECONNECT_LIMIT) return setFeedState("closed");
+    setFeedState("retrying");
+    view.timer = setTimeout(() => connect(runId, null), Math.min(500 * 2 ** view.retries, 10000));
+  };
+}
+
+function handleFrame(frame) {
+  if (frame.type === "state") return showRunInfo(frame.run);
+  if (frame.type === "feed_error") return setMessage($("run-message"), frame.error, "error");
+  if (typeof frame.seq === "number") view.lastSeq = Math.max(view.lastSeq ?? 0, frame.seq);
+  applyEvent(frame);
+  logEvent(frame);
+  const status = $("run-status").dataset.status;
+  if (status === "pending" && frame.type !== "heartbeat" && !TERMINAL.includes(frame.type)) {
+    setStatus("running"); // a worker claimed the run: its events are flowing
+  }
+  if (TERMINAL.includes(frame.type)) {
+    view.ended = true;
+    setStatus({ complete: "completed", error: "failed", cancelled: "cancelled" }[frame.type]);
+    $("stat-eta").textContent = "–";
+    api("GET", `/api/finetune/${view.runId}`).then(({ status, data }) => status === 200 && showRunInfo(data));
+  }
+}
+
+async function showRun(runId) {
+  view.runId = runId;
+  $("run-id").textContent = runId;
+  for (const id of ["stat-step", "stat-loss", "stat-eval", "stat-lr", "stat-eta", "stat-model"]) $(id).textContent = "–";
+  $("progress-bar").style.width = "0";
+  $("log").replaceChildren();
+  $("run-result").hidden = true;
+  setMessage($("run-message"), "");
+  setFeedState("connecting");
+  view.chart = view.chart || new LossChart($("chart"));
+  view.chart.clear();
+  // The feed first (buffering), then the stored history: nothing falls between the two.
+  const buffer = [];
+  connect(runId, buffer);
+  await loadHistory(runId);
+  if (view.runId !== runId) return;
+  const pending = buffer.splice(0);
+  view.ws.onmessage = (message) => { view.retries = 0; handleFrame(JSON.parse(message.data)); };
+  pending.forEach(handleFrame);
+}
+
+async function cancelRun() {
+  $("cancel").disabled = true;
+  const { status, data } = await api("POST", `/api/finetune/${view.runId}/cancel`);
+  $("cancel").disabled = false;
+  if (status === 202) {
+    setMessage($("run-message"), data.status === "cancelled" ? "Cancelled" : "Cancelling at the next step…");
+    if (data.status === "cancelled") showRunInfo(data);
+  } else {
+    setMessage($("run-message"), data ? data.error : `HTTP ${status}`, "error");
+  }
+}
+
+// --- routing --------------------------------------------------------------------------------
+
+function route() {
+  clearInterval(home.timer);
+  stopRunView();
+  const match = location.hash.match(/^#\/runs\/([\w-]+)/);
+  $("view-home").hidden = Boolean(match);
+  $("view-run").hidden = !match;
+  if (match) showRun(match[1]);
+  else showHome();
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", () => {
+  $("start").addEventListener("click", startRun);
+  $("reset-config").addEventListener("click", resetConfig);
+  $("cancel").addEventListener("click", cancelRun);
+  route();
+});
