@@ -5,6 +5,7 @@
     tmde-finetune traces import FILE.jsonl   import traces; `traces stats` counts them
     tmde-finetune api [--host H] [--port P]  serve the API
     tmde-finetune worker [--queues export,train]
+    tmde-finetune beat                       scheduled retraining + the watchdog (celery-beat)
     tmde-finetune start [--config JSON] [--follow]   start a run (as POST /api/finetune)
     tmde-finetune follow RUN_ID              progress bar until the run ends; exits with its code
     tmde-finetune status RUN_ID | list
@@ -85,6 +86,17 @@ def cmd_api(args: argparse.Namespace) -> int:
     create_app(settings).run(
         host=args.host or settings.api_host, port=args.port or settings.api_port, threaded=True
     )
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    """celery-beat: the FINETUNE_SCHEDULE tick and the watchdog (run exactly one per deployment;
+    a second one is harmless: each tick claims its minute in Redis)."""
+    from worker.celery_app import app
+
+    schedule_file = Path(args.schedule_file)
+    schedule_file.parent.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel", args.loglevel, "--schedule", str(schedule_file)])
     return 0
 
 
@@ -234,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--name", default="tmde@%h")
     worker.set_defaults(func=cmd_worker)
+
+    beat = sub.add_parser("beat", help="run celery-beat: scheduled retraining and the watchdog")
+    beat.add_argument("--loglevel", default="INFO")
+    beat.add_argument("--schedule-file", default="data/celerybeat-schedule")
+    beat.set_defaults(func=cmd_beat)
 
     start = sub.add_parser("start", help="start a run")
     start.add_argument("--config", help="JSON overrides, e.g. '{\"maxSteps\": 20}'")

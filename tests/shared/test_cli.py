@@ -57,7 +57,20 @@ def test_status_of_unknown_run(env: Settings, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["db"], ["api"], ["worker"], ["train"], ["export"], ["demo"], ["traces"], ["start"]],
+    [
+        [],
+        ["db"],
+        ["api"],
+        ["worker"],
+        ["beat"],
+        ["train"],
+        ["export"],
+        ["demo"],
+        ["traces"],
+        ["start"],
+        ["follow"],
+        ["flower"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
