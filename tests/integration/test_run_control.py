@@ -161,7 +161,7 @@ def test_a_redis_restart_mid_run_does_not_lose_the_run(
         config = {
             **TINY,
             "baseModel": str(tiny_model),
-            "maxSteps": 150,
+            "maxSteps": 80,
             "saveSteps": 1000,
             "evalSteps": 1000,
         }

@@ -157,5 +157,6 @@ def test_memory_stays_flat_as_the_store_grows(tmp_path: Path) -> None:
         return top
 
     small, large = peak(500), peak(5000)
-    # Only the 16-byte instruction hashes grow (plus set overhead): far less than the data.
-    assert large < small + 5000 * 200
+    # Only the 16-byte instruction hashes grow (~100-250 B each with set and object overhead),
+    # far less than the ~850 B of text per trace that is streamed through.
+    assert large < small + 4500 * 400
