@@ -82,3 +82,40 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     texts = [t.query + " " + t.final_answer for t in generate(200)]
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts)
+
+
+def drain(app, queue: str) -> list:  # type: ignore[no-untyped-def]
+    """Every message waiting on `queue` of the (process-global) memory broker, acknowledged."""
+    messages = []
+    with app.connection_for_read() as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            while simple.qsize():
+                message = simple.get(block=False)
+                message.ack()
+                messages.append(message)
+        finally:
+            simple.close()
+    return messages
+
+
+def memory_celery(settings: Settings):  # type: ignore[no-untyped-def]
+    """The project's Celery app on the in-memory broker (fast unit tests, no worker)."""
+    from shared.queue import make_celery
+
+    app = make_celery(settings)
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
+    return app
+
+
+@pytest.fixture
+def celery_app(settings: Settings):  # type: ignore[no-untyped-def]
+    from shared.names import QUEUE_EXPORT, QUEUE_TRAIN
+
+    app = memory_celery(settings)
+    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
+        drain(app, name)
+    yield app
+    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
+        drain(app, name)
+    app.close()

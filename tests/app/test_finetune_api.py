@@ -14,41 +14,15 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from shared.events import Emitter, ProgressEvent, RedisPublisher
-from shared.names import QUEUE_EXPORT, QUEUE_TRAIN, TASK_EXPORT
-from shared.queue import make_celery
+from shared.names import QUEUE_EXPORT, TASK_EXPORT
 from shared.run_config import build_config
 from shared.runs import FineTuneManager
 from shared.settings import Settings
 from shared.traces import TraceStore
+from tests.conftest import drain
 
 # --- fixtures ----------------------------------------------------------------------------------
-
-
-def drain(app: Celery, queue: str) -> list[Any]:
-    """Every message waiting on `queue` of the (process-global) memory broker, acknowledged."""
-    messages = []
-    with app.connection_for_read() as connection:
-        simple = connection.SimpleQueue(queue)
-        try:
-            while simple.qsize():
-                message = simple.get(block=False)
-                message.ack()
-                messages.append(message)
-        finally:
-            simple.close()
-    return messages
-
-
-@pytest.fixture
-def celery_app(settings: Settings) -> Iterator[Celery]:
-    app = make_celery(settings)
-    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
-    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
-        drain(app, name)
-    yield app
-    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
-        drain(app, name)
-    app.close()
+# (celery_app and drain come from tests/conftest.py)
 
 
 @pytest.fixture

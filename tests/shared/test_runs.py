@@ -29,7 +29,6 @@ from shared.names import (
     cancel_key,
     progress_channel,
 )
-from shared.queue import make_celery
 from shared.run_config import ConfigError
 from shared.runs import (
     FineTuneManager,
@@ -41,40 +40,9 @@ from shared.runs import (
 )
 from shared.settings import Settings
 from shared.traces import TraceStore
+from tests.conftest import drain
 
 # --- fixtures and helpers ----------------------------------------------------------------------
-
-
-def memory_celery(settings: Settings) -> Celery:
-    app = make_celery(settings)
-    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
-    return app
-
-
-def drain(app: Celery, queue: str) -> list[Any]:
-    """Every message waiting on `queue` of the (process-global) memory broker, acknowledged."""
-    messages = []
-    with app.connection_for_read() as connection:
-        simple = connection.SimpleQueue(queue)
-        try:
-            while simple.qsize():
-                message = simple.get(block=False)
-                message.ack()
-                messages.append(message)
-        finally:
-            simple.close()
-    return messages
-
-
-@pytest.fixture
-def celery_app(settings: Settings) -> Iterator[Celery]:
-    app = memory_celery(settings)
-    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
-        drain(app, name)
-    yield app
-    for name in (QUEUE_EXPORT, QUEUE_TRAIN):
-        drain(app, name)
-    app.close()
 
 
 @pytest.fixture

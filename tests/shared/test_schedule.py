@@ -11,16 +11,15 @@ import pytest
 from shared import schedule
 from shared.db import Database
 from shared.models import FineTuneRun
-from shared.queue import make_celery
 from shared.runs import FineTuneManager
 from shared.settings import Settings
 from shared.traces import Trace, TraceStore
+from tests.conftest import memory_celery
 
 
 @pytest.fixture
 def manager(settings: Settings, migrated_url: str, trace_store: TraceStore, monkeypatch):  # type: ignore[no-untyped-def]
-    celery = make_celery(settings)
-    celery.conf.update(broker_url="memory://", result_backend="cache+memory://")
+    celery = memory_celery(settings)
     monkeypatch.setattr("shared.queue.enqueue_pipeline", lambda app, run_id: ["a", "b", "c"])
     db = Database(migrated_url)
     yield FineTuneManager(
