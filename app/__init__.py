@@ -73,9 +73,10 @@ def create_app(
         redis=redis_client,
     )
 
-    from app import dashboard, finetune, health, progress
+    from app import adapters, dashboard, finetune, health, progress
 
     app.register_blueprint(finetune.bp)
+    app.register_blueprint(adapters.bp)
     app.register_blueprint(progress.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard.bp)

@@ -8,6 +8,7 @@ from flask import current_app
 
 from app.relay import Relay
 from shared.db import Database
+from shared.registry import AdapterRegistry
 from shared.runs import FineTuneManager
 from shared.settings import Settings
 
@@ -30,3 +31,7 @@ def redis_client() -> Any:
 
 def relay() -> Relay:
     return current_app.extensions["tmde.relay"]
+
+
+def registry() -> AdapterRegistry:
+    return AdapterRegistry(settings().lora_output_dir)

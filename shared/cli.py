@@ -10,6 +10,7 @@
     tmde-finetune follow RUN_ID              progress bar until the run ends; exits with its code
     tmde-finetune status RUN_ID | list
     tmde-finetune flower [--port P]          Celery's Flower dashboard for the workers
+    tmde-finetune adapters list|show|activate|rollback|tag|delete|verify|prune|export-gguf
     tmde-finetune export ... | train ...     the seed's scripts (§2.4, §2.5)
     tmde-finetune demo                       the whole pipeline end to end on the embedded model
 
@@ -23,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from shared import adapters_cli
 from shared.settings import Settings, SettingsError
 
 # Commands with their own argument parsers (the seed's scripts, the demo).
@@ -201,6 +203,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapters(args: argparse.Namespace) -> int:
+    return adapters_cli.run(_settings(), args)
+
+
 def _follow_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-url",
@@ -282,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_id", nargs="?")
     status.set_defaults(func=cmd_status)
     sub.add_parser("list", help="list recent runs").set_defaults(func=cmd_status, run_id=None)
+
+    adapters_cli.add_parser(sub, cmd_adapters)
 
     for name in PASSTHROUGH:  # listed for --help; main() hands their arguments over whole
         sub.add_parser(name, add_help=False, help=f"see `tmde-finetune {name} --help`")

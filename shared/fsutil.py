@@ -29,12 +29,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def folder_digest(folder: Path, *, exclude: tuple[str, ...] = ()) -> tuple[str, int]:
-    """sha256 over (relative path, content) of every file, in sorted order; and total bytes."""
+    """sha256 over (relative path, content) of every file, in sorted order; and total bytes.
+
+    `exclude` names files or folders (relative to `folder`) left out, with everything in them.
+    """
     digest = hashlib.sha256()
     total = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if relative in exclude:
+        if any(relative == name or relative.startswith(f"{name}/") for name in exclude):
             continue
         digest.update(relative.encode() + b"\0")
         with path.open("rb") as handle:

@@ -13,6 +13,7 @@ TASK_TRAIN = "tmde.finetune.train"
 TASK_EVALUATE = "tmde.finetune.evaluate"
 TASK_SCHEDULED_CHECK = "tmde.finetune.scheduled_check"
 TASK_WATCHDOG = "tmde.finetune.watchdog"
+TASK_EXPORT_GGUF = "tmde.adapters.export_gguf"
 
 QUEUE_EXPORT = "export"  # CPU workers: reads the trace database, writes JSONL
 QUEUE_TRAIN = "train"  # GPU-pinned workers: training and evaluation (they load the model)
@@ -23,6 +24,7 @@ TASK_QUEUES = {
     TASK_EVALUATE: QUEUE_TRAIN,
     TASK_SCHEDULED_CHECK: QUEUE_EXPORT,  # control tasks run on the CPU workers
     TASK_WATCHDOG: QUEUE_EXPORT,
+    TASK_EXPORT_GGUF: QUEUE_EXPORT,  # numpy work on a CPU worker; the API only enqueues it
 }
 
 # --- run statuses (seed §3.1 CHECK constraint) ------------------------------------------------

@@ -18,8 +18,8 @@ from typing import Any
 
 from shared.events import utc_timestamp
 from shared.fsutil import folder_digest, write_json_atomic
+from shared.registry import MANIFEST, SEALED_EXCLUDES
 
-MANIFEST = "manifest.json"
 # seed §5.1 metric names -> manifest §6.1 names
 METRIC_NAMES = {
     "final_train_loss": "finalTrainLoss",
@@ -119,7 +119,7 @@ def write_training_files(
 
 def publish(staging: Path, final: Path, manifest: dict[str, Any]) -> Path:
     """Seal the staging folder (sha256 over every other file) and rename it into place."""
-    sha256, size = folder_digest(staging, exclude=(MANIFEST,))
+    sha256, size = folder_digest(staging, exclude=SEALED_EXCLUDES)
     write_json_atomic(staging / MANIFEST, {**manifest, "sha256": sha256, "sizeBytes": size})
     if final.exists():
         raise FileExistsError(f"{final} already exists; refusing to overwrite a published adapter")
