@@ -90,6 +90,7 @@ class ProgressEvent:
     path: str | None = None
     adapter_path: str | None = None
     metrics: dict[str, Any] | None = None
+    promotion: dict[str, Any] | None = None  # complete: the promotion gate's decision
     status: str | None = None
     message: str | None = None
     code: str | None = None

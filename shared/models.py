@@ -79,12 +79,17 @@ class FineTuneRun(Base):
     phase: Mapped[str | None] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     current_task_id: Mapped[str | None] = mapped_column(String(64))
+    # --- migration 0003: the promotion gate's decision (JSON, shared.promotion.decide) ---
+    promotion: Mapped[str | None] = mapped_column(Text)
 
     def config_dict(self) -> dict[str, Any]:
         return json.loads(self.config)
 
     def metrics_dict(self) -> dict[str, Any] | None:
         return json.loads(self.metrics) if self.metrics else None
+
+    def promotion_dict(self) -> dict[str, Any] | None:
+        return json.loads(self.promotion) if self.promotion else None
 
 
 class FineTuneProgress(Base):

@@ -74,6 +74,7 @@ def run_to_dict(run: FineTuneRun) -> dict[str, Any]:
         "loraPath": run.lora_path,
         "config": run.config_dict(),
         "metrics": run.metrics_dict(),
+        "promotion": run.promotion_dict(),
         "errorMessage": run.error_message,
         "errorCode": run.error_code,
         "cancelRequested": run.cancel_requested,

@@ -160,10 +160,22 @@ class Settings:
         "FINETUNE_LOGGING_STEPS", 1, _int(1, 10_000_000), "Progress event every N steps"
     )
     packing: bool = _env("FINETUNE_PACKING", True, _bool, "Pack short examples into full rows")
-    eval_samples: int = _env("FINETUNE_EVAL_SAMPLES", 2, _int(0, 1000), "Generated eval samples")
+    eval_samples: int = _env(
+        "FINETUNE_EVAL_SAMPLES", 16, _int(0, 1000), "Held-out answers generated (EM / ROUGE-L)"
+    )
     heartbeat_timeout: int = _env("FINETUNE_HEARTBEAT_TIMEOUT", 60, _int(5), "Seconds = hung")
     oom_retries: int = _env(
         "FINETUNE_OOM_RETRIES", 1, _int(0, 8), "OOM retries with half the micro-batch"
+    )
+    promote_min_delta: float = _env(
+        "FINETUNE_PROMOTE_MIN_DELTA", 0.01, _float(0, 100), "Val-loss gain needed to auto-activate"
+    )
+    auto_activate: bool = _env(
+        "FINETUNE_AUTO_ACTIVATE", True, _bool, "Activate an adapter that passes the gate"
+    )
+    lora_keep: int = _env("LORA_KEEP", 10, _int(1, 100_000), "Adapters kept (+tagged, active)")
+    ollama_export: bool = _env(
+        "OLLAMA_EXPORT", False, _bool, "Export GGUF LoRA + Modelfile on activation"
     )
     model_cache_dir: Path = _env("MODEL_CACHE_DIR", Path("data/models"), Path, "Converted models")
     log_dir: Path = _env("FINETUNE_LOG_DIR", Path("data/finetune_logs"), Path, "Run logs")
