@@ -18,6 +18,7 @@ def make_adapter(
     base_model: str = "smollm2:135m",
     val_loss: float = 1.0,
     tags: list[str] | None = None,
+    metrics: dict | None = None,
 ) -> Path:
     staging = root / ".work" / adapter_id / "adapter"
     staging.mkdir(parents=True)
@@ -29,6 +30,6 @@ def make_adapter(
         "baseModel": base_model,
         "isActive": False,
         "tags": tags or [],
-        "metrics": {"adapterValLoss": val_loss},
+        "metrics": {"adapterValLoss": val_loss, **(metrics or {})},
     }
     return publish(staging, root / adapter_id, manifest)

@@ -228,53 +228,88 @@ def _free_accelerator_memory() -> None:
 
 def evaluate_step(run_id: str) -> dict[str, Any]:
     def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
+        from shared.registry import AdapterRegistry
         from worker.evaluate import evaluate_adapter
-        from worker.training import artifacts
+        from worker.promote import gate_and_deliver, reference_adapter
+        from worker.provenance import provenance
         from worker.training.models import resolve_model
 
         config = run.config_dict()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
         export_dir = Path(run.export_dir or "")
+        model_path = resolve_model(config["baseModel"], rt.settings.model_cache_dir)
+        registry = AdapterRegistry(rt.settings.lora_output_dir)
+        active_before = registry.active_id()
+        reference_id, reference_dir = reference_adapter(registry, run.base_model)
         evaluation = evaluate_adapter(
-            resolve_model(config["baseModel"], rt.settings.model_cache_dir),
+            model_path,
             paths.staging_dir,
             export_dir / "val.jsonl",
             max_len=config["maxSeqLen"],
             batch_size=config["batchSize"],
             samples=config["evalSamples"],
             torch_threads=rt.settings.torch_threads,
+            reference_adapter_dir=reference_dir,
         )
         if rt.cancel_requested(run.id):
             raise CancelledError()
-        samples = evaluation.pop("samples")
-        metrics = {**(run.metrics_dict() or {}), **evaluation}
-        metrics["final_val_loss"] = evaluation["adapter_val_loss"]
-        best = [v for v in (metrics.get("best_val_loss"), metrics["final_val_loss"]) if v]
-        metrics["best_val_loss"] = min(best) if best else None
-        training_args = json.loads((paths.staging_dir / "training_args.json").read_text())
-        artifacts.write_training_files(paths.staging_dir, training_args, metrics)
-        write_json_atomic(paths.staging_dir / "samples.json", samples)
-        manifest = artifacts.build_manifest(
-            run_id=run.id,
-            base_model=run.base_model,
-            backend=run.backend or "trl",
-            config=config,
-            metrics=metrics,
-            traces_used=run.traces_used or 0,
-            train_examples=run.train_examples or 0,
-            val_examples=run.val_examples or 0,
-            provenance=_provenance(export_dir),
+        source = provenance(export_dir=export_dir, model_path=model_path, seed=config["seed"])
+        final, metrics = _publish(rt, run, paths, evaluation, source)
+        promotion = gate_and_deliver(
+            rt.settings,
+            run.id,
+            metrics,
+            reference_id=reference_id,
+            active_before=active_before,
         )
-        final = artifacts.publish(paths.staging_dir, paths.final_dir, manifest)
-        paths.discard()
-        rt.runs.finish(run.id, STATUS_COMPLETED, lora_path=str(final), metrics=json.dumps(metrics))
-        emitter.emit("complete", metrics=metrics, adapter_path=str(final), status=STATUS_COMPLETED)
-        return {"status": STATUS_COMPLETED, "adapter_path": str(final)}
+        rt.runs.finish(
+            run.id,
+            STATUS_COMPLETED,
+            lora_path=str(final),
+            metrics=json.dumps(metrics),
+            promotion=json.dumps(promotion),
+        )
+        emitter.emit(
+            "complete",
+            metrics=metrics,
+            adapter_path=str(final),
+            promotion=promotion,
+            status=STATUS_COMPLETED,
+        )
+        return {"status": STATUS_COMPLETED, "adapter_path": str(final), "promotion": promotion}
 
     return _step(run_id, PHASE_EVALUATING, body)
 
 
-def _provenance(export_dir: Path) -> dict[str, Any]:
-    manifest_path = export_dir / "export_manifest.json"
-    export_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    return {"exportDir": str(export_dir), "exportManifest": export_manifest}
+def _publish(
+    rt: Runtime,
+    run: FineTuneRun,
+    paths: RunPaths,
+    evaluation: dict[str, Any],
+    source: dict[str, Any],
+) -> tuple[Path, dict[str, Any]]:
+    """Write the evaluation into the staging folder, seal it and rename it into place."""
+    from worker.training import artifacts
+
+    samples = evaluation.pop("samples")
+    metrics = {**(run.metrics_dict() or {}), **evaluation}
+    metrics["final_val_loss"] = evaluation["adapter_val_loss"]
+    best = [v for v in (metrics.get("best_val_loss"), metrics["final_val_loss"]) if v]
+    metrics["best_val_loss"] = min(best) if best else None
+    training_args = json.loads((paths.staging_dir / "training_args.json").read_text())
+    artifacts.write_training_files(paths.staging_dir, training_args, metrics)
+    write_json_atomic(paths.staging_dir / "samples.json", samples)
+    manifest = artifacts.build_manifest(
+        run_id=run.id,
+        base_model=run.base_model,
+        backend=run.backend or "trl",
+        config=run.config_dict(),
+        metrics=metrics,
+        traces_used=run.traces_used or 0,
+        train_examples=run.train_examples or 0,
+        val_examples=run.val_examples or 0,
+        provenance=source,
+    )
+    final = artifacts.publish(paths.staging_dir, paths.final_dir, manifest)
+    paths.discard()
+    return final, metrics

@@ -15,6 +15,7 @@ from shared.events import ProgressEvent, context_sinks
 from shared.names import (
     TASK_EVALUATE,
     TASK_EXPORT,
+    TASK_EXPORT_GGUF,
     TASK_SCHEDULED_CHECK,
     TASK_TRAIN,
     TASK_WATCHDOG,
@@ -112,3 +113,12 @@ def watchdog() -> list[dict[str, Any]]:
     from worker.watchdog import reap
 
     return reap(runtime(), app)
+
+
+@app.task(name=TASK_EXPORT_GGUF)
+def export_gguf(adapter_id: str) -> dict[str, Any]:
+    """GGUF LoRA + Ollama Modelfile for an adapter (on activation when OLLAMA_EXPORT=true)."""
+    from worker.delivery import export_gguf as export
+    from worker.runtime import runtime
+
+    return export(runtime().settings, adapter_id)

@@ -91,23 +91,43 @@ async function refreshRuns() {
     }),
   );
   $("runs-empty").hidden = data.runs.length > 0;
-  const adapters = data.runs.filter((run) => run.status === "completed" && run.loraPath);
+  await refreshAdapters();
+}
+
+// The registry: active adapter, the gate's decision per adapter, activate / roll back.
+async function refreshAdapters() {
+  const { status, data } = await api("GET", "/api/adapters");
+  if (status !== 200) return;
+  $("rollback").hidden = !data.activeId;
   $("adapters").tBodies[0].replaceChildren(
-    ...adapters.map((run) => {
-      const m = run.metrics || {};
+    ...data.adapters.map((a) => {
+      const m = a.metrics || {};
+      const gate = a.promotion ? a.promotion.decision : "–";
+      const action = a.isActive
+        ? el("span", { class: "badge completed", "data-active": "true" }, "active")
+        : el("button", { type: "button", class: "secondary", onclick: () => activateAdapter(a.id) }, "Activate");
       return el(
         "tr",
-        { "data-run-id": run.id },
-        el("td", {}, el("a", { href: `#/runs/${run.id}` }, run.id)),
-        el("td", { class: "path" }, run.loraPath),
-        el("td", {}, `${fmt.num(m.base_val_loss)} → ${fmt.num(m.adapter_val_loss)}`),
-        el("td", {}, m.total_steps ?? "–"),
-        el("td", {}, fmt.secs(m.training_time_seconds)),
+        { "data-adapter-id": a.id, "data-run-id": a.id },
+        el("td", {}, el("a", { href: `#/runs/${a.id}` }, a.id), el("div", { class: "path" }, a.path)),
+        el("td", {}, `${fmt.num(m.baseValLoss)} → ${fmt.num(m.adapterValLoss)}`),
+        el("td", { title: a.promotion ? a.promotion.reason : "" }, gate),
+        el("td", {}, (a.tags || []).join(", ")),
+        el("td", {}, action),
       );
     }),
   );
-  $("adapters-empty").hidden = adapters.length > 0;
+  $("adapters-empty").hidden = data.adapters.length > 0;
 }
+
+async function changeActive(method, path) {
+  const { status, data } = await api(method, path);
+  setMessage($("adapters-message"), status === 200 ? `Active: ${data.adapterId ?? "base model"}` : data.error, status === 200 ? "ok" : "error");
+  await refreshAdapters();
+}
+
+const activateAdapter = (id) => changeActive("POST", `/api/adapters/${id}/activate`);
+const rollbackAdapter = () => changeActive("POST", "/api/adapters/rollback");
 
 async function startRun() {
   const message = $("start-message");
@@ -167,7 +187,9 @@ function showRunInfo(run) {
       ["total steps", m.total_steps ?? "–"],
       ["training time", fmt.secs(m.training_time_seconds)],
       ["tokens/s", m.tokens_per_second ?? "–"],
+      ["exact match base → adapter", `${fmt.num(m.base_exact_match, 2)} → ${fmt.num(m.adapter_exact_match, 2)}`],
     ];
+    if (run.promotion) rows.push(["promotion", `${run.promotion.decision}: ${run.promotion.reason}`]);
     $("result-list").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     $("run-result").hidden = false;
   }
@@ -322,5 +344,6 @@ window.addEventListener("DOMContentLoaded", () => {
   $("start").addEventListener("click", startRun);
   $("reset-config").addEventListener("click", resetConfig);
   $("cancel").addEventListener("click", cancelRun);
+  $("rollback").addEventListener("click", rollbackAdapter);
   route();
 });

@@ -20,6 +20,7 @@ import pytest
 
 from shared.db import Database
 from shared.models import FineTuneRun
+from tests.adapters import make_adapter
 from tests.integration.conftest import Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -71,7 +72,13 @@ def _record_frames(ws: Any, messages: list[str]) -> None:
 
 
 def _seed_completed_run(service: Service) -> str:
-    """A finished run with an adapter, so the adapters table has something to show."""
+    """A finished run with a published adapter, so the adapters table has something to show."""
+    make_adapter(
+        service.settings.lora_output_dir,
+        "run_00c0ffee0001",
+        val_loss=1.25,
+        metrics={"baseValLoss": 2.5},
+    )
     db = Database(service.settings.database_url)
     metrics = {"base_val_loss": 2.5, "adapter_val_loss": 1.25, "total_steps": 40}
     with db.session() as session:
@@ -104,11 +111,14 @@ def test_dashboard_follows_a_live_run_and_cancels_it(
     p = page  # a playwright Page
     p.goto(f"{service.base_url}/")
 
-    # home: the adapters of completed runs, the default config ready to edit
-    adapter_row = p.locator(f'#adapters tr[data-run-id="{done_id}"]')
+    # home: the published adapters; activate one, the registry's active.json follows
+    adapter_row = p.locator(f'#adapters tr[data-adapter-id="{done_id}"]')
     adapter_row.wait_for(timeout=10_000)
-    assert "/data/lora-adapters/run_00c0ffee0001" in adapter_row.inner_text()
     assert "2.5000 → 1.2500" in adapter_row.inner_text()
+    adapter_row.locator("button").click()
+    adapter_row.locator('[data-active="true"]').wait_for(timeout=10_000)
+    active = json.loads((service.settings.lora_output_dir / "active.json").read_text())
+    assert active["adapterId"] == done_id and p.is_visible("#rollback")
     p.wait_for_function("document.getElementById('config').value.includes('loraRank')")
     config = json.loads(p.input_value("#config"))
     config.update(LONG_RUN, baseModel=str(tiny_model))

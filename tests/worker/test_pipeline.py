@@ -11,6 +11,7 @@ import pytest
 from shared.db import Database
 from shared.models import FineTuneRun
 from shared.names import cancel_key
+from shared.registry import AdapterRegistry
 from shared.runs import RunStore
 from shared.settings import Settings
 from tests.worker.conftest import tiny_config
@@ -58,6 +59,22 @@ def test_three_steps_complete_a_run(rt: Runtime, tiny_model: Path) -> None:
     assert Path(run.lora_path, "manifest.json").is_file()
     assert _published(rt, run_id)["type"] == "complete"
     assert len(rt.runs.progress(run_id)) == 4 + 2  # progress + eval rows
+    # the gate decided against the base model, and the decision is everywhere it is shown
+    promotion = run.promotion_dict()
+    assert promotion["reference"] == "base model" and promotion["decision"] in (
+        "promoted",
+        "rejected",
+    )
+    assert _published(rt, run_id)["promotion"] == promotion
+    registry = AdapterRegistry(rt.settings.lora_output_dir)
+    manifest = registry.verify(run_id)
+    assert manifest["promotion"] == promotion
+    assert registry.active_id() == (run_id if promotion["decision"] == "promoted" else None)
+    # provenance: the data, the base model revision, the libraries, the seed
+    source = manifest["provenance"]
+    assert len(source["trainSha256"]) == 64 and len(source["traceIdsSha256"]) == 64
+    assert source["baseModelRevision"].startswith("sha256:") and source["seed"] == 42
+    assert {"python", "torch", "transformers", "peft", "trl"} <= set(source["libraries"])
 
 
 def test_export_with_too_few_traces_fails_the_run(rt: Runtime, tiny_model: Path) -> None:
