@@ -23,7 +23,7 @@ from shared.runs import FineTuneManager
 from shared.settings import Settings
 from shared.traces import TraceStore
 
-MAX_REQUEST_BYTES = 1 << 20
+MAX_REQUEST_BYTES = 64 * 1024  # run configs and tags are small; larger bodies get 413
 REDIS_POOL_SIZE = 16
 API_CLIENT_NAME = "tmde-api"
 RELAY_CLIENT_NAME = "tmde-api-relay"
@@ -73,13 +73,16 @@ def create_app(
         redis=redis_client,
     )
 
-    from app import adapters, dashboard, finetune, health, progress
+    from app import adapters, auth, dashboard, finetune, health, metrics, openapi, progress
 
+    auth.init_app(app, token=settings.api_token, cors_origins=settings.cors_origins)
     app.register_blueprint(finetune.bp)
     app.register_blueprint(adapters.bp)
     app.register_blueprint(progress.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ bp = Blueprint("finetune", __name__, url_prefix="/api/finetune")
 
 RUN_ID = re.compile(r"^run_[0-9a-f]{6,32}$")
 MAX_PAGE = 200
+MAX_SQL_INT = 2**63 - 1  # larger numbers overflow the database's integer type
 
 
 def _error(status: int, message: str, **extra: Any):  # type: ignore[no-untyped-def]
@@ -72,8 +73,8 @@ def list_runs():  # type: ignore[no-untyped-def]
         offset = int(request.args.get("offset", 0))
     except ValueError:
         return _error(400, "limit and offset must be integers")
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
-        return _error(400, f"limit must be 1-{MAX_PAGE} and offset >= 0")
+    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_SQL_INT:
+        return _error(400, f"limit must be 1-{MAX_PAGE} and offset between 0 and {MAX_SQL_INT}")
     status = request.args.get("status")
     if status is not None and status not in RUN_STATUSES:
         return _error(400, f"status must be one of {', '.join(RUN_STATUSES)}")
@@ -122,7 +123,7 @@ def events(run_id: str):  # type: ignore[no-untyped-def]
         limit = min(int(request.args.get("limit", 1000)), 5000)
     except ValueError:
         return _error(400, "after and limit must be integers")
-    if after < 0 or limit < 1:
-        return _error(400, "after must be >= 0 and limit >= 1")
+    if not 0 <= after <= MAX_SQL_INT or limit < 1:
+        return _error(400, f"after must be between 0 and {MAX_SQL_INT}, and limit >= 1")
     rows = state.manager().runs.progress(run_id, limit=limit, after_id=after)
     return jsonify(events=rows, next=rows[-1]["id"] if rows else after)

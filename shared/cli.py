@@ -83,8 +83,10 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     from app import create_app
+    from shared.logs import configure
 
     settings = _settings()
+    configure(settings.log_format)
     create_app(settings).run(
         host=args.host or settings.api_host, port=args.port or settings.api_port, threaded=True
     )

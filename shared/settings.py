@@ -105,6 +105,19 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _secret(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return raw
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    if not all(o.startswith(("http://", "https://")) for o in origins):
+        raise ValueError("must be a comma-separated list of origins like https://ui.example.com")
+    return origins
+
+
 def _module_list(raw: str) -> tuple[str, ...]:
     modules = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not modules or not all(m.isidentifier() for m in modules):
@@ -181,6 +194,13 @@ class Settings:
     log_dir: Path = _env("FINETUNE_LOG_DIR", Path("data/finetune_logs"), Path, "Run logs")
     api_host: str = _env("API_HOST", "127.0.0.1", _text, "API bind address")
     api_port: int = _env("API_PORT", 8000, _int(1, 65535), "API port")
+    api_token: str = _env(
+        "API_TOKEN", "", _secret, "Bearer token required on /api when set (empty: no auth)"
+    )
+    cors_origins: tuple[str, ...] = _env(
+        "CORS_ORIGINS", (), _origins, "Origins allowed to call the API from a browser (none)"
+    )
+    log_format: str = _env("LOG_FORMAT", "text", _choice("text", "json"), "Log lines: text/json")
     torch_threads: int = _env("FINETUNE_TORCH_THREADS", 0, _int(0, 1024), "0 = torch's default")
 
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from celery.schedules import crontab
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, worker_process_init
 
 from shared.names import TASK_QUEUES, TASK_SCHEDULED_CHECK, TASK_WATCHDOG
 from shared.queue import make_celery
@@ -48,3 +48,11 @@ def _after_fork(**_: object) -> None:
 
     reset_after_fork()
     logging.getLogger().setLevel(logging.INFO)
+
+
+@after_setup_logger.connect
+def _log_format(logger: logging.Logger, **_: object) -> None:
+    """LOG_FORMAT for the worker's own handlers; every line carries the run id."""
+    from shared.logs import configure
+
+    configure(settings.log_format, logger.level or logging.INFO)

@@ -19,6 +19,7 @@ from typing import Any
 from shared.errors import CancelledError, OutOfMemoryError, PipelineError
 from shared.events import Emitter
 from shared.fsutil import write_json_atomic
+from shared.logs import run_context
 from shared.models import FineTuneRun, utcnow
 from shared.names import (
     PHASE_EVALUATING,
@@ -42,8 +43,11 @@ log = logging.getLogger(__name__)
 def run_log(path: Path) -> Iterator[None]:
     """Copy this process's log records into the run's log file while a step runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    from shared.logs import RunIdFilter, formatter
+
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter(runtime().settings.log_format))
+    handler.addFilter(RunIdFilter())
     root = logging.getLogger()
     root.addHandler(handler)
     try:
@@ -99,7 +103,7 @@ def _step(
     rt.runs.update(run_id, phase=phase, heartbeat_at=utcnow(), current_task_id=_current_task_id())
     log_path = Path(run.log_path or rt.settings.log_dir / f"{run_id}.log")
     emitter = rt.emitter(run_id, log_path=log_path)
-    with run_log(log_path):
+    with run_context(run_id), run_log(log_path):
         try:
             if run.cancel_requested or rt.cancel_requested(run_id):
                 raise CancelledError()

@@ -7,13 +7,24 @@ const ACTIVE = ["pending", "running"];
 const TERMINAL = ["complete", "error", "cancelled"];
 const RECONNECT_LIMIT = 20;
 
+// With API_TOKEN set on the server, the page asks for the token once and keeps it locally.
+const auth = { token: localStorage.getItem("tmde-token") || "" };
+
 async function api(method, path, body) {
-  const init = { method, headers: {} };
+  const init = { method, headers: auth.token ? { Authorization: `Bearer ${auth.token}` } : {} };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
+  if (response.status === 401) {
+    const token = window.prompt("This API needs its token (API_TOKEN):");
+    if (token) {
+      auth.token = token.trim();
+      localStorage.setItem("tmde-token", auth.token);
+      return api(method, path, body);
+    }
+  }
   const data = response.status === 204 ? null : await response.json().catch(() => null);
   return { status: response.status, data };
 }
@@ -254,7 +265,8 @@ function setFeedState(state) {
 function connect(runId, buffer) {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const after = view.lastSeq === null ? "" : `?after=${view.lastSeq}`;
-  const ws = new WebSocket(`${proto}://${location.host}/api/finetune/${runId}/ws${after}`);
+  const token = auth.token ? `${after ? "&" : "?"}access_token=${encodeURIComponent(auth.token)}` : "";
+  const ws = new WebSocket(`${proto}://${location.host}/api/finetune/${runId}/ws${after}${token}`);
   view.ws = ws;
   ws.onopen = () => setFeedState("live");
   ws.onmessage = (message) => {

@@ -1,4 +1,4 @@
-"""/healthz on SQLite and PostgreSQL, and the API's promise never to import torch."""
+"""/healthz and /readyz on SQLite and PostgreSQL, and the API's promise never to import torch."""
 
 from __future__ import annotations
 
@@ -92,6 +92,20 @@ def test_database_unreachable_is_503(make_app: Any) -> None:
     assert body["checks"]["database"].startswith("error: ")
 
 
+def test_ready_needs_schema_at_head_and_a_worker(make_app: Any, database_url: str) -> None:
+    app = make_app(database_url, fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    body = app.test_client().get("/readyz").get_json()
+    assert body["status"] == "degraded" and body["checks"]["redis"] == "ok"
+    assert "db upgrade" in body["checks"]["database"]  # not migrated yet
+    assert "no Celery worker" in body["checks"]["worker"]  # the memory broker has none
+
+
+def test_ready_database_at_head(make_app: Any, migrated_url: str) -> None:
+    app = make_app(migrated_url, fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and response.get_json()["checks"]["database"] == "ok"
+
+
 def _python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
@@ -115,6 +129,9 @@ assert client.get("/api/finetune/config/default").status_code == 200
 assert client.get("/healthz").status_code in (200, 503)
 assert client.post("/api/finetune", json={{"config": {{"loraRank": 0}}}}).status_code == 400
 assert client.post("/api/finetune", json={{}}).status_code == 422
+assert client.get("/api/adapters").status_code == 200
+assert client.get("/api/openapi.json").status_code == 200
+assert b"tmde_runs" in client.get("/metrics").data
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft",
                                                               "trl", "worker"))
 assert not loaded, loaded

@@ -58,6 +58,13 @@ VALID: dict[str, tuple[str, str, object]] = {
     "API_HOST": ("api_host", "0.0.0.0", "0.0.0.0"),
     "API_PORT": ("api_port", "9000", 9000),
     "FINETUNE_TORCH_THREADS": ("torch_threads", "4", 4),
+    "API_TOKEN": ("api_token", "s3cret-s3cret-s3cret", "s3cret-s3cret-s3cret"),
+    "CORS_ORIGINS": (
+        "cors_origins",
+        "https://a.example, http://b:3000/",
+        ("https://a.example", "http://b:3000"),
+    ),
+    "LOG_FORMAT": ("log_format", "json", "json"),
 }
 
 SEED_VARIABLES = [
@@ -176,6 +183,12 @@ def test_bool_false(raw: str) -> None:
         ("FINETUNE_VAL_SPLIT", "0", "must be a number in (0, 0.5]"),
         ("FINETUNE_VAL_SPLIT", "0.6", "must be a number in (0, 0.5]"),
         ("FINETUNE_EVAL_SAMPLES", "1001", "must be an integer between 0 and 1000"),
+        ("FINETUNE_PROMOTE_MIN_DELTA", "-0.1", "must be a number in [0, 100]"),
+        ("LORA_KEEP", "0", "must be an integer between 1 and 100000"),
+        ("FINETUNE_AUTO_ACTIVATE", "maybe", "must be one of true/false"),
+        ("API_TOKEN", "short", "must be at least 16 characters"),
+        ("CORS_ORIGINS", "*", "must be a comma-separated list of origins"),
+        ("LOG_FORMAT", "xml", "must be one of text, json"),
         # bad cron
         ("FINETUNE_SCHEDULE", "every sunday", "must be a 5-field cron expression"),
         ("FINETUNE_SCHEDULE", "0 2 * *", "must be a 5-field cron expression"),
