@@ -1,20 +1,33 @@
-# GPU worker: CUDA torch plus the training stack; runs the `train` queue.
+# GPU worker: CUDA torch, the training stack and the Unsloth backend in /opt/venv; Axolotl in its
+# own environment (/opt/axolotl, run as a subprocess through PYTHON_PATH) because its pins
+# differ. Runs the `train` queue: one service per GPU in compose.yaml.
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
-ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ARG WITH_AXOLOTL=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3-pip git \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev git build-essential \
     && rm -rf /var/lib/apt/lists/*
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /srv/app
-# The default Linux x86_64 torch wheel is a CUDA build.
-RUN pip install "torch>=2.4"
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY shared ./shared
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install -e ".[train]"
-RUN useradd --create-home tmde && mkdir -p /srv/data && chown tmde /srv/data
-USER tmde
+COPY deploy ./deploy
+# The default Linux x86_64 torch wheel is a CUDA build; the extras keep the torch installed here.
+RUN python3.11 -m venv /opt/venv \
+    && pip install --no-cache-dir "torch>=2.4,<3" \
+    && pip freeze | grep -i '^torch==' > /tmp/torch.txt \
+    && pip install --no-cache-dir -c /tmp/torch.txt -e ".[train]" \
+    && pip install --no-cache-dir -c /tmp/torch.txt -e ".[unsloth]"
+RUN if [ "$WITH_AXOLOTL" = "1" ]; then \
+        python3.11 -m venv /opt/axolotl \
+        && /opt/axolotl/bin/pip install --no-cache-dir -c /tmp/torch.txt -e ".[axolotl]"; \
+    fi
+ENV PYTHON_PATH=/opt/axolotl/bin/python
+RUN useradd --create-home --uid 10001 tmde && mkdir -p /srv/data && chown tmde /srv/data
+USER 10001
 CMD ["tmde-finetune", "worker", "--queues", "train", "--concurrency", "1"]

