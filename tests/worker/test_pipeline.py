@@ -14,6 +14,7 @@ from shared.names import cancel_key
 from shared.registry import AdapterRegistry
 from shared.runs import RunStore
 from shared.settings import Settings
+from tests.adapters import make_adapter
 from tests.worker.conftest import tiny_config
 from worker import pipeline
 from worker.runtime import Runtime
@@ -30,18 +31,18 @@ def rt(
     return runtime
 
 
-def _new_run(rt: Runtime, config: dict) -> str:
+def _new_run(rt: Runtime, config: dict, run_id: str = "run_abc123") -> str:
     with rt.db.session() as session:
         session.add(
             FineTuneRun(
-                id="run_abc123",
+                id=run_id,
                 base_model=config["baseModel"],
                 config=json.dumps(config),
                 active_slot=1,
-                log_path=str(rt.settings.log_dir / "run_abc123.log"),
+                log_path=str(rt.settings.log_dir / f"{run_id}.log"),
             )
         )
-    return "run_abc123"
+    return run_id
 
 
 def _published(rt: Runtime, run_id: str) -> dict:
@@ -145,3 +146,34 @@ def test_oom_that_persists_fails_the_run_with_code_oom(
     assert event["type"] == "error" and event["code"] == "OOM"
     assert event["suggestion"] == "Reduce batch_size or max_seq_length"
     assert not (rt.settings.lora_output_dir / ".work" / run_id / "adapter").exists()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_kept_adapters_reload_with_peft_and_suit_vllm(rt: Runtime, tiny_model: Path) -> None:
+    """Two runs, retention keeping one plus the tagged: every kept adapter verifies, loads into
+    PEFT, and has a config vLLM's --enable-lora accepts (LoRA pairs only, no saved modules)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    registry = AdapterRegistry(rt.settings.lora_output_dir)
+    ids = []
+    for run_id in ("run_aaaaaa", "run_bbbbbb"):
+        _new_run(rt, tiny_config(rt.settings, tiny_model), run_id)
+        for step in (pipeline.export_step, pipeline.train_step, pipeline.evaluate_step):
+            assert step(run_id)["status"] != "failed", rt.runs.get(run_id).error_message
+        ids.append(run_id)
+    registry.set_tags("run_aaaaaa", ["baseline"])
+    assert sorted(registry.ids()) == ids
+    make_adapter(rt.settings.lora_output_dir, "run_cccccc", created="2000-01-01T00:00:00Z")
+    assert registry.prune(keep=1) == ["run_cccccc"]  # old, untagged, not active
+    for adapter_id in registry.ids():
+        registry.verify(adapter_id)
+        folder = registry.path(adapter_id)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and not config.get("modules_to_save")
+        assert not {"lm_head", "embed_tokens"} & set(config["target_modules"])
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, folder)
+        ids_in = torch.tensor([[1, 2, 3, 4]])
+        assert torch.isfinite(model(input_ids=ids_in).logits).all()
