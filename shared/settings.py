@@ -176,6 +176,9 @@ class Settings:
     eval_samples: int = _env(
         "FINETUNE_EVAL_SAMPLES", 16, _int(0, 1000), "Held-out answers generated (EM / ROUGE-L)"
     )
+    eval_max_new_tokens: int = _env(
+        "FINETUNE_EVAL_MAX_NEW_TOKENS", 256, _int(8, 8192), "Answer length cap in generation eval"
+    )
     heartbeat_timeout: int = _env("FINETUNE_HEARTBEAT_TIMEOUT", 60, _int(5), "Seconds = hung")
     oom_retries: int = _env(
         "FINETUNE_OOM_RETRIES", 1, _int(0, 8), "OOM retries with half the micro-batch"

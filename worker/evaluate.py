@@ -1,7 +1,13 @@
-"""Post-training evaluation: validation loss and perplexity, base model vs adapter.
+"""Post-training evaluation: base model vs the new adapter (vs the active adapter, if any).
 
-Loss is answer-only and token-weighted, on the same text the trainer saw. A few held-out
-questions are also answered by both models (greedy) so a person can read the difference.
+Loss is answer-only and token-weighted, on the same text the trainer saw. A reference adapter
+(the one serving today) is loaded into the same PeftModel as a second named adapter and scored
+on the same batches, so "is the new adapter better than the active one" is one comparison.
+
+Loss alone hides whether answers are right, so the first `samples` held-out questions are
+also answered greedily by the base model and the adapter and scored (worker.scoring): exact
+match where the reference has a final answer (GSM8K `#### x`), ROUGE-L elsewhere. Generation
+is batched with left padding: on two CPU cores it is the slowest part of evaluation.
 """
 
 from __future__ import annotations
@@ -11,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import OutOfMemoryError
+from worker.scoring import score_generations
 from worker.training.data import answer_only_example, prompt_ids, read_jsonl
 
 MAX_NEW_TOKENS = 96
+GENERATION_BATCH_SIZE = 8
+CANDIDATE = "default"  # PEFT's name for the adapter loaded first
+REFERENCE = "reference"
 
 
 def _mean_loss(model: Any, batches: list[tuple[Any, Any, Any]]) -> float:
@@ -35,12 +45,16 @@ def _mean_loss(model: Any, batches: list[tuple[Any, Any, Any]]) -> float:
     return total / max(tokens, 1)
 
 
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _batches(
     tokenizer: Any, examples: list[dict], max_len: int, batch_size: int, device: str
 ) -> list[tuple[Any, Any, Any]]:
     import torch
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = _pad_id(tokenizer)
     encoded = [answer_only_example(tokenizer, e, max_len) for e in examples]
     batches = []
     for start in range(0, len(encoded), batch_size):
@@ -53,19 +67,130 @@ def _batches(
     return batches
 
 
-def _answer(model: Any, tokenizer: Any, example: dict, device: str) -> str:
+def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
+    """Greedy decoding that stops at the tokenizer's EOS or the model's own (chat end) token."""
+    import copy
+
+    config = copy.deepcopy(model.generation_config)
+    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    stops = sorted({t for t in [*stops, tokenizer.eos_token_id] if t is not None})
+    config.update(
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=_pad_id(tokenizer),
+    )
+    return config
+
+
+def _generate(
+    model: Any, tokenizer: Any, examples: list[dict], device: str, *, batch_size: int, config: Any
+) -> list[str]:
+    """Greedy answers, `batch_size` prompts at a time, left-padded so all answers start together."""
     import torch
 
-    ids = torch.tensor([prompt_ids(tokenizer, example)], device=device)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+    prompts = [prompt_ids(tokenizer, e) for e in examples]
+    pad = _pad_id(tokenizer)
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        answers += [
+            tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, width:]
+        ]
+    return answers
+
+
+def _load_model(model_path: Path, adapter_dir: Path, reference_adapter_dir: Path | None) -> Any:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    model = PeftModel.from_pretrained(base, adapter_dir, adapter_name=CANDIDATE)
+    if reference_adapter_dir is not None:
+        try:
+            model.load_adapter(reference_adapter_dir, adapter_name=REFERENCE)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ValueError(
+                f"Reference adapter {reference_adapter_dir} does not fit base model "
+                f"{model_path} ({exc}). Compare only adapters trained on the same base model."
+            ) from exc
+        model.set_adapter(CANDIDATE)
+    return model.eval()
+
+
+def _check_args(
+    adapter_dir: Path, reference_adapter_dir: Path | None, samples: int, keep_samples: int
+) -> None:
+    if samples < 0 or keep_samples < 0:
+        raise ValueError(
+            f"samples ({samples}) and keep_samples ({keep_samples}) must be >= 0; "
+            "set FINETUNE_EVAL_SAMPLES to 0 to skip generation"
         )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    for label, folder in (("Adapter", adapter_dir), ("Reference adapter", reference_adapter_dir)):
+        if folder is not None and not (Path(folder) / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"{label} folder {folder} has no adapter_config.json: pass the folder a "
+                "training run published (it holds adapter_config.json and the weights)"
+            )
+
+
+def _losses(model: Any, batches: list, with_reference: bool) -> dict[str, Any]:
+    """Loss fields for the candidate, the reference (None without one) and the bare base model."""
+    adapter = _mean_loss(model, batches)
+    reference = None
+    if with_reference:
+        model.set_adapter(REFERENCE)
+        reference = _mean_loss(model, batches)
+        model.set_adapter(CANDIDATE)
+    with model.disable_adapter():
+        base = _mean_loss(model, batches)
+    return {
+        "base_val_loss": round(base, 6),
+        "adapter_val_loss": round(adapter, 6),
+        "reference_val_loss": None if reference is None else round(reference, 6),
+        "base_perplexity": round(math.exp(min(base, 50)), 4),
+        "adapter_perplexity": round(math.exp(min(adapter, 50)), 4),
+    }
+
+
+def _generation_fields(
+    examples: list[dict], base_answers: list[str], adapter_answers: list[str], keep: int
+) -> dict[str, Any]:
+    references = [e["output"] for e in examples]
+    base = score_generations(base_answers, references)
+    adapter = score_generations(adapter_answers, references)
+    columns = (examples, base_answers, adapter_answers, base["scores"], adapter["scores"])
+    rows = list(zip(*columns, strict=True))[:keep]
+    return {
+        "generation_examples": len(examples),
+        "base_exact_match": base["exact_match"],
+        "adapter_exact_match": adapter["exact_match"],
+        "exact_match_examples": base["exact_match_examples"],
+        "base_rouge_l": base["rouge_l"],
+        "adapter_rouge_l": adapter["rouge_l"],
+        "rouge_l_examples": base["rouge_l_examples"],
+        "samples": [
+            {
+                "instruction": e["instruction"],
+                "reference": e["output"],
+                "base": b,
+                "adapter": a,
+                "baseScore": bs,
+                "adapterScore": ads,
+            }
+            for e, b, a, bs, ads in rows
+        ],
+    }
 
 
 def evaluate_adapter(
@@ -77,37 +202,42 @@ def evaluate_adapter(
     batch_size: int = 4,
     samples: int = 2,
     torch_threads: int = 0,
+    reference_adapter_dir: Path | None = None,
+    keep_samples: int = 5,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    generation_batch_size: int = GENERATION_BATCH_SIZE,
 ) -> dict[str, Any]:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Validation loss/perplexity of base, adapter (and reference adapter) + generation scores.
 
+    `samples` held-out questions are answered (0 skips generation: its scores are then None);
+    `keep_samples` of them come back as side-by-side rows under "samples".
+    """
+    import torch
+
+    _check_args(adapter_dir, reference_adapter_dir, samples, keep_samples)
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    model = _load_model(model_path, adapter_dir, reference_adapter_dir)
+    device = str(model.device)
     examples = list(read_jsonl(val_path))
+    asked = examples[:samples]
+    config = _greedy_config(model, tokenizer, max_new_tokens)
+    generate = {"device": device, "batch_size": generation_batch_size, "config": config}
     try:
         batches = _batches(tokenizer, examples, max_len, batch_size, device)
-        adapter_loss = _mean_loss(model, batches)
+        losses = _losses(model, batches, reference_adapter_dir is not None)
         with model.disable_adapter():
-            base_loss = _mean_loss(model, batches)
-            base_answers = [_answer(model, tokenizer, e, device) for e in examples[:samples]]
-        adapter_answers = [_answer(model, tokenizer, e, device) for e in examples[:samples]]
+            base_answers = _generate(model, tokenizer, asked, **generate)
+        adapter_answers = _generate(model, tokenizer, asked, **generate)
     except torch.OutOfMemoryError as exc:
         raise OutOfMemoryError(f"Out of memory during evaluation: {exc}") from exc
     return {
-        "base_val_loss": round(base_loss, 6),
-        "adapter_val_loss": round(adapter_loss, 6),
-        "base_perplexity": round(math.exp(min(base_loss, 50)), 4),
-        "adapter_perplexity": round(math.exp(min(adapter_loss, 50)), 4),
+        **losses,
         "val_examples_evaluated": len(examples),
-        "samples": [
-            {"instruction": e["instruction"], "reference": e["output"], "base": b, "adapter": a}
-            for e, b, a in zip(examples[:samples], base_answers, adapter_answers, strict=True)
-        ],
+        **_generation_fields(asked, base_answers, adapter_answers, keep_samples),
     }

@@ -254,6 +254,7 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
             samples=config["evalSamples"],
             torch_threads=rt.settings.torch_threads,
             reference_adapter_dir=reference_dir,
+            max_new_tokens=rt.settings.eval_max_new_tokens,
         )
         if rt.cancel_requested(run.id):
             raise CancelledError()

@@ -50,6 +50,7 @@ VALID: dict[str, tuple[str, str, object]] = {
     "FINETUNE_HEARTBEAT_TIMEOUT": ("heartbeat_timeout", "120", 120),
     "FINETUNE_OOM_RETRIES": ("oom_retries", "2", 2),
     "FINETUNE_PROMOTE_MIN_DELTA": ("promote_min_delta", "0.05", 0.05),
+    "FINETUNE_EVAL_MAX_NEW_TOKENS": ("eval_max_new_tokens", "128", 128),
     "FINETUNE_AUTO_ACTIVATE": ("auto_activate", "false", False),
     "LORA_KEEP": ("lora_keep", "3", 3),
     "OLLAMA_EXPORT": ("ollama_export", "yes", True),

@@ -35,6 +35,14 @@ METRIC_NAMES = {
     "adapter_perplexity": "adapterPerplexity",
     "tokens_per_second": "tokensPerSecond",
     "train_tokens": "trainTokens",
+    "reference_val_loss": "referenceValLoss",
+    "generation_examples": "generationExamples",
+    "base_exact_match": "baseExactMatch",
+    "adapter_exact_match": "adapterExactMatch",
+    "exact_match_examples": "exactMatchExamples",
+    "base_rouge_l": "baseRougeL",
+    "adapter_rouge_l": "adapterRougeL",
+    "rouge_l_examples": "rougeLExamples",
 }
 
 
