@@ -6,7 +6,8 @@
 What it does, all on 127.0.0.1:
 - starts its own redis-server, a SQLite runs database with the demo traces, one Celery worker
   and the API under gunicorn with deploy/gunicorn.conf.py (gthread);
-- run 1, idle API: trains `--steps` steps and records the run's training tokens/s;
+- runs 1 and 3, idle API: train `--steps` steps each; their mean training tokens/s is the
+  baseline (one before and one after cancels slow drifts of the machine);
 - run 2, loaded API: from the run's first progress event until its last training step (at
   least `--seconds`), sends `--rate` requests per second, open loop (each request has a
   scheduled send time and its latency is counted from that time, so a slow server cannot hide
@@ -201,13 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             step = lambda: _training_step(port, run_id)  # noqa: E731
             elapsed = load.run_until(lambda: step()[0] >= step()[1] > 0, args.seconds)
             loaded = _finish(port, run_id)
+            # idle again: the mean of the runs before and after cancels slow drifts
+            after = _finish(port, _post(port, "/api/finetune", {"config": config})["runId"])
         finally:
             for process in (api, worker):
                 process.terminate()
                 process.wait(timeout=60)
             redis_process.terminate()
             logs.close()
-    _report(args, load, elapsed, idle["metrics"], loaded["metrics"])
+    idle_tps = [run["metrics"]["tokens_per_second"] for run in (idle, after)]
+    _report(args, load, elapsed, idle_tps, loaded["metrics"]["tokens_per_second"])
     return 0
 
 
@@ -229,16 +233,17 @@ def _paths(run_id: str) -> list[str]:
     ]
 
 
-def _report(args, load: Load, elapsed: float, idle: dict, loaded: dict) -> None:  # type: ignore[no-untyped-def]
+def _report(args, load: Load, elapsed: float, idle: list[float], loaded_tps: float) -> None:  # type: ignore[no-untyped-def]
     ms = [v * 1000 for v in load.latencies]
-    idle_tps, loaded_tps = idle["tokens_per_second"], loaded["tokens_per_second"]
+    idle_tps = statistics.mean(idle)
     rate = len(ms) / elapsed
     print(f"load: {len(ms)} GETs in {elapsed:.1f} s ({rate:.1f}/s, target {args.rate:.0f}/s)")
     p50, p99 = _percentile(ms, 50), _percentile(ms, 99)
     print(f"latency ms: p50 {p50:.1f}  p99 {p99:.1f}  max {max(ms):.1f}")
     print(f"errors: {len(load.errors)}" + (f" (first: {load.errors[:3]})" if load.errors else ""))
-    print(f"training tokens/s: idle API {idle_tps:.1f}, loaded API {loaded_tps:.1f} "
-          f"(ratio {loaded_tps / idle_tps:.3f})")  # fmt: skip
+    before, after = idle
+    print(f"training tokens/s: idle API {idle_tps:.1f} (before {before:.1f}, after {after:.1f})")
+    print(f"training tokens/s: loaded API {loaded_tps:.1f} (ratio {loaded_tps / idle_tps:.3f})")
 
 
 if __name__ == "__main__":
