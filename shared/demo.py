@@ -113,9 +113,8 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 def http(method: str, url: str, body: dict | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **auth_headers()}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -236,6 +235,13 @@ def run_demo(args: argparse.Namespace) -> int:
             started.append(worker)
             wait_for_api(base, api)
             print(f"API at {base}; worker log in data/demo-worker.log")
+            if settings.api_token:
+                print(
+                    "API_TOKEN is set: pass it as `-H \"Authorization: Bearer $API_TOKEN\"` "
+                    "(curl), `?access_token=` on feeds; the dashboard asks for it once"
+                )
+            else:
+                print("no API_TOKEN: the API is open (set API_TOKEN=<16+ chars> to require it)")
             status, answer = http("POST", f"{base}/api/finetune", {"config": DEMO_CONFIG})
             print(f"POST /api/finetune -> {status} {json.dumps(answer)}")
             if status != 202:

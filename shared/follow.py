@@ -12,6 +12,7 @@ Standard library only: the CLI must not need more than the API client side.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -117,6 +118,12 @@ def iter_sse(lines: Iterable[bytes]) -> Iterator[tuple[str | None, str]]:
             event_id = value
 
 
+def auth_headers() -> dict[str, str]:
+    """The bearer header when API_TOKEN is set in this environment (as on the server)."""
+    token = os.environ.get("API_TOKEN", "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def stream_events(
     base_url: str,
     run_id: str,
@@ -134,7 +141,7 @@ def stream_events(
     last_id: str | None = None
     failures = 0
     while True:
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", **auth_headers()}
         if last_id is not None:
             headers["Last-Event-ID"] = last_id
         try:
@@ -167,9 +174,10 @@ def stream_events(
 
 def get_run(base_url: str, run_id: str, timeout: float = 10.0) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(
-            f"{base_url.rstrip('/')}/api/finetune/{run_id}", timeout=timeout
-        ) as response:
+        request = urllib.request.Request(
+            f"{base_url.rstrip('/')}/api/finetune/{run_id}", headers=auth_headers()
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None

@@ -17,6 +17,7 @@ from shared.settings import Settings
 from tests.adapters import make_adapter
 from tests.worker.conftest import tiny_config
 from worker import pipeline
+from worker.promote import gate_and_deliver
 from worker.runtime import Runtime
 
 
@@ -177,3 +178,21 @@ def test_kept_adapters_reload_with_peft_and_suit_vllm(rt: Runtime, tiny_model: P
         model = PeftModel.from_pretrained(base, folder)
         ids_in = torch.tensor([[1, 2, 3, 4]])
         assert torch.isfinite(model(input_ids=ids_in).logits).all()
+
+    # delivery: a promotion with OLLAMA_EXPORT=true writes the GGUF LoRA + Modelfile, records
+    # it in the manifest, and the adapter still verifies (exports/ is outside the seal)
+    settings = rt.settings.replace(ollama_export=True, promote_min_delta=0.0)
+    evaluation = {"adapter_val_loss": 0.5, "base_val_loss": 1.0, "reference_val_loss": None}
+    active = registry.active_id()  # the two runs may have promoted themselves already
+    if active == "run_bbbbbb":
+        registry.rollback()
+        active = registry.active_id()
+    promotion = gate_and_deliver(
+        settings, "run_bbbbbb", evaluation, reference_id=None, active_before=active
+    )
+    assert promotion["decision"] == "promoted" and promotion["ollamaExport"]["ok"], promotion
+    manifest = registry.verify("run_bbbbbb")
+    gguf = manifest["exports"]["gguf"]
+    assert Path(gguf["path"]).is_file() and gguf["arch"] == "llama"
+    modelfile = Path(gguf["modelfile"]).read_text()
+    assert f"FROM {tiny_model}" in modelfile and "ADAPTER ./adapter.gguf" in modelfile
