@@ -174,6 +174,10 @@ def report(run: dict) -> None:
         f" s, {metrics.get('tokens_per_second')} tokens/s, peak RAM {metrics.get('peak_ram_gb')}"
         " GB"
     )
+    promotion = run.get("promotion") or {}
+    if promotion:
+        print(f"promotion: {promotion['decision']} ({promotion['reason']})")
+        print("registry: tmde-finetune adapters list   (activate / rollback / export-gguf)")
     samples_file = Path(adapter or "") / "samples.json"
     if adapter and samples_file.is_file():
         sample = json.loads(samples_file.read_text())[0]
