@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from shared.follow import ProgressView, render, stream_events
+from shared.follow import ProgressView, auth_headers, render, stream_events
 from shared.settings import Settings
 
 __all__ = ["render", "follow", "run_demo", "main"]  # render: moved to shared.follow
