@@ -161,6 +161,10 @@ def stream_events(
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 raise FollowError(f"Run not found: {run_id} (at {base_url})") from exc
+            if exc.code == 401:
+                raise FollowError(
+                    f"{base_url} refused the token (HTTP 401): set API_TOKEN to the API's token"
+                ) from exc
             failure: Exception = exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
             failure = exc

@@ -143,3 +143,21 @@ def test_rendering_helpers() -> None:
     view.show({"type": "progress", "step": 1, "total_steps": 2, "loss": 1.0})
     view.close()
     assert stream.getvalue().endswith("\x1b[K\n")
+
+
+def test_follow_passes_api_token(
+    feed_env: FeedEnv, feed_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import auth
+
+    token = "follow-token-0123456789"
+    auth.init_app(feed_env.app, token=token, cors_origins=())
+    run_id = feed_env.make_run()
+    feed_env.finish(run_id, lora_path="/adapters/y")
+    feed_env.emitter(run_id).emit("complete", adapter_path="/adapters/y")
+    monkeypatch.setenv("API_TOKEN", "wrong-token-0123456789")
+    code, _, err = run_follow(feed_server, run_id, tty=False)
+    assert code != 0 and "401" in err
+    monkeypatch.setenv("API_TOKEN", token)
+    code, out, _ = run_follow(feed_server, run_id, tty=False)
+    assert code == 0 and "complete: /adapters/y" in out
