@@ -1,4 +1,7 @@
-"""gunicorn settings for the API image: `gunicorn --config deploy/gunicorn.conf.py 'app:create_app()'`.
+"""gunicorn settings for the API image.
+
+    gunicorn --config deploy/gunicorn.conf.py 'app:create_app()'
+
 
 gthread workers: every live progress client (SSE or websocket) holds a thread for as long as it
 watches, so threads are many and cheap; `timeout = 0` because a feed is a long response.

@@ -48,6 +48,20 @@ def _after_fork(**_: object) -> None:
 
     reset_after_fork()
     logging.getLogger().setLevel(logging.INFO)
+    _preload_unsloth()
+
+
+def _preload_unsloth() -> None:
+    """Unsloth patches transformers when imported and warns if that happens after transformers
+    is loaded: import it first in a training child that will use it (never in the parent)."""
+    import importlib.util
+
+    if settings.backend not in ("auto", "unsloth") or importlib.util.find_spec("unsloth") is None:
+        return
+    from worker.training.job import resolve_backend
+
+    if resolve_backend(settings.backend) == "unsloth":
+        import unsloth  # noqa: F401
 
 
 @after_setup_logger.connect

@@ -27,10 +27,10 @@ def check_target_modules(model: Any, wanted: list[str]) -> None:
 
         linear = sorted(
             {
-            name.rsplit(".", 1)[-1]
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear)
-        }
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            }
         )
         raise PipelineError(
             f"targetModules {missing} are not in this model; its linear layers are {linear}"
@@ -81,17 +81,10 @@ def sft_arguments(job: TrainJob, *, cuda: bool, bf16: bool) -> dict[str, Any]:
 
 
 def train(job: TrainJob) -> TrainResult:
-    import datasets
     import torch
-    from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from worker.training.callbacks import PipelineCallback
-    from worker.training.data import load_records
-
-    datasets.disable_progress_bars()
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
     cuda = torch.cuda.is_available()
@@ -104,9 +97,6 @@ def train(job: TrainJob) -> TrainResult:
     )
     c = job.config
     check_target_modules(model, c["targetModules"])
-    train_set = Dataset.from_list(load_records(job.train_path, tokenizer))
-    val_set = Dataset.from_list(load_records(job.val_path, tokenizer))
-    arguments = sft_arguments(job, cuda=cuda, bf16=bf16)
     lora = LoraConfig(
         r=c["loraRank"],
         lora_alpha=c["loraAlpha"],
@@ -115,6 +105,36 @@ def train(job: TrainJob) -> TrainResult:
         bias="none",
         task_type="CAUSAL_LM",
     )
+    arguments = sft_arguments(job, cuda=cuda, bf16=bf16)
+    return run_sft(job, "trl", model, tokenizer, arguments, peft_config=lora, cuda=cuda)
+
+
+def run_sft(
+    job: TrainJob,
+    backend: str,
+    model: Any,
+    tokenizer: Any,
+    arguments: dict[str, Any],
+    *,
+    peft_config: Any = None,
+    cuda: bool,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `model` with TRL's SFTTrainer and the PipelineCallback, save the adapter, and
+    measure: the part every in-process backend shares (trl, unsloth), so that they emit the
+    same events, write the same files and map OOM and cancel the same way."""
+    import datasets
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from worker.training.callbacks import PipelineCallback
+    from worker.training.data import load_records
+
+    datasets.disable_progress_bars()
+    train_set = Dataset.from_list(load_records(job.train_path, tokenizer))
+    val_set = Dataset.from_list(load_records(job.val_path, tokenizer))
     callback = PipelineCallback(job.emitter, job.should_cancel, str(job.checkpoint_dir))
     trainer = SFTTrainer(
         model=model,
@@ -122,7 +142,7 @@ def train(job: TrainJob) -> TrainResult:
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=peft_config,
         callbacks=[callback],
     )
     # Trainer prints its log dicts to stdout; the CLI's stdout carries JSON events only.
@@ -137,9 +157,10 @@ def train(job: TrainJob) -> TrainResult:
     elapsed = time.monotonic() - started
     if callback.cancelled:
         raise CancelledError("Cancelled during training")
-    job.adapter_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(job.adapter_dir)
-    tokenizer.save_pretrained(job.adapter_dir)
+    if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the adapter
+        job.adapter_dir.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(job.adapter_dir)
+        tokenizer.save_pretrained(job.adapter_dir)
     state = trainer.state
     tokens = int(state.num_input_tokens_seen or 0)
     metrics = {
@@ -153,14 +174,28 @@ def train(job: TrainJob) -> TrainResult:
         "tokens_per_second": round(tokens / elapsed, 2) if elapsed > 0 else None,
         "device": "cuda" if cuda else "cpu",
     }
-    hyperparameters = {
-        "backend": "trl",
+    return TrainResult(
+        backend=backend,
+        metrics=metrics,
+        hyperparameters=hyperparameters(job, backend, arguments, extra),
+    )
+
+
+def hyperparameters(
+    job: TrainJob, backend: str, arguments: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """training_args.json: what was trained, how, and by which backend."""
+    c = job.config
+    return {
+        "backend": backend,
         "base_model_path": str(job.model_path),
         "lora": {
-            "r": c["loraRank"], "alpha": c["loraAlpha"], "dropout": c["loraDropout"],
+            "r": c["loraRank"],
+            "alpha": c["loraAlpha"],
+            "dropout": c["loraDropout"],
             "target_modules": list(c["targetModules"]),
         },
         "sft": arguments,
         "config": c,
+        **(extra or {}),
     }
-    return TrainResult(backend="trl", metrics=metrics, hyperparameters=hyperparameters)

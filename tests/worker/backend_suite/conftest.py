@@ -1,0 +1,68 @@
+"""The backend suite: the same tests for every training backend.
+
+The base run (`pytest`) runs it for `trl`. Each heavy backend runs it from its own environment:
+
+    .venv-unsloth/bin/python -m pytest tests/worker/backend_suite --backend unsloth
+    .venv-axolotl/bin/python -m pytest tests/worker/backend_suite --backend axolotl
+
+(`make test-backends` does both; `make test` depends on it.)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.events import Emitter, ProgressEvent
+from shared.settings import Settings
+from tests.worker.conftest import tiny_config
+from worker.training.job import TrainJob
+
+BACKEND_CHOICES = ("trl", "unsloth", "axolotl")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        default="trl",
+        choices=BACKEND_CHOICES,
+        help="training backend the backend suite runs against (default trl)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--backend", default="trl") == "unsloth":
+        # Unsloth patches transformers, TRL and PEFT when it is imported first, as a worker
+        # process that trains with it does; the fixtures below import transformers.
+        import unsloth  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    # getoption's default covers a run from the repository root, where this conftest is not
+    # one pytest reads before parsing the command line.
+    return request.config.getoption("--backend", default="trl")
+
+
+@pytest.fixture
+def make_job(settings: Settings, tiny_model: Path, export_dir: Path, backend: str):
+    """A TrainJob on the tiny model for the selected backend; events go to `events`."""
+
+    def make(events: list[ProgressEvent], **overrides: object) -> TrainJob:
+        return TrainJob(
+            run_id="run_suite",
+            config=tiny_config(settings, tiny_model, backend=backend, **overrides),
+            model_path=tiny_model,
+            train_path=export_dir / "train.jsonl",
+            val_path=export_dir / "val.jsonl",
+            adapter_dir=settings.lora_output_dir / ".work" / "run_suite" / "adapter",
+            checkpoint_dir=settings.lora_output_dir / ".work" / "run_suite" / "checkpoints",
+            emitter=Emitter("run_suite", [events.append]),
+            torch_threads=2,
+            # Axolotl runs as a subprocess of this interpreter's environment.
+            python_path=sys.executable,
+        )
+
+    return make

@@ -1,0 +1,96 @@
+"""The `unsloth` backend (seed §2.5): Unsloth's FastLanguageModel, 4-bit QLoRA on a GPU.
+
+The training loop is the trl backend's (`run_sft`: TRL's SFTTrainer with the PipelineCallback),
+so both emit the same events, write the same adapter files and map OOM and cancel alike; only
+loading and LoRA wrapping differ. On a CUDA GPU the base model loads in 4-bit (bitsandbytes) with
+Unsloth's gradient checkpointing. Without a GPU, Unsloth (2026.10) trains on the CPU; 4-bit
+needs CUDA, so there the model loads in float32: that is how the tests run this backend for real.
+Unsloth must be imported before transformers, TRL and PEFT to patch them; it is imported first
+here, and this module is imported only when a run uses the backend.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from shared.errors import BackendUnavailableError
+from worker.training.job import TrainJob, TrainResult
+
+# Unsloth's import prints banners and checks for updates; neither belongs in a worker log.
+_QUIET_ENV = {"UNSLOTH_DISABLE_STATISTICS": "1", "UNSLOTH_ENABLE_LOGGING": "0"}
+
+
+def _import_unsloth() -> Any:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import unsloth  # noqa: F401 - first, so that its patches reach transformers/trl/peft
+        from unsloth import FastLanguageModel
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"Unsloth could not be imported ({exc}). Install the `unsloth` extra "
+            "(`make venv-unsloth`) or set FINETUNE_BACKEND=trl.",
+            suggestion="Set FINETUNE_BACKEND=trl",
+        ) from exc
+    return FastLanguageModel
+
+
+def load_model(job: TrainJob, *, cuda: bool, bf16: bool) -> tuple[Any, Any]:
+    """The base model (4-bit on CUDA) with LoRA adapters attached, and its tokenizer."""
+    fast = _import_unsloth()
+    import torch
+
+    c = job.config
+    model, tokenizer = fast.from_pretrained(
+        model_name=str(job.model_path),
+        max_seq_length=c["maxSeqLen"],
+        dtype=(torch.bfloat16 if bf16 else torch.float16) if cuda else torch.float32,
+        load_in_4bit=cuda,
+        local_files_only=True,
+    )
+    from worker.training.backends.trl_backend import check_target_modules
+
+    check_target_modules(model, c["targetModules"])
+    model = fast.get_peft_model(
+        model,
+        r=c["loraRank"],
+        lora_alpha=c["loraAlpha"],
+        lora_dropout=c["loraDropout"],
+        target_modules=list(c["targetModules"]),
+        bias="none",
+        # Unsloth's offloaded checkpointing saves VRAM on a GPU; on a CPU it only costs time.
+        use_gradient_checkpointing="unsloth" if cuda else False,
+        random_state=c["seed"],
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def train(job: TrainJob) -> TrainResult:
+    _import_unsloth()
+    import torch
+
+    from worker.training.backends.trl_backend import run_sft, sft_arguments
+
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    model, tokenizer = load_model(job, cuda=cuda, bf16=bf16)
+    arguments = sft_arguments(job, cuda=cuda, bf16=bf16)
+    # The model is already a PEFT model; Unsloth does its own checkpointing (TRL's would wrap
+    # the model a second time).
+    arguments["gradient_checkpointing"] = False
+    arguments["fp16"] = cuda and not bf16
+    import unsloth
+
+    extra = {
+        "unsloth": {
+            "version": getattr(unsloth, "__version__", None),
+            "load_in_4bit": cuda,
+            "gradient_checkpointing": "unsloth" if cuda else False,
+        }
+    }
+    return run_sft(job, "unsloth", model, tokenizer, arguments, cuda=cuda, extra=extra)
