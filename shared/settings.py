@@ -180,6 +180,9 @@ class Settings:
         "FINETUNE_EVAL_MAX_NEW_TOKENS", 256, _int(8, 8192), "Answer length cap in generation eval"
     )
     heartbeat_timeout: int = _env("FINETUNE_HEARTBEAT_TIMEOUT", 60, _int(5), "Seconds = hung")
+    nproc: int = _env(
+        "FINETUNE_NPROC", 1, _int(1, 64), "Processes (GPUs) per run; > 1 launches torchrun DDP"
+    )
     oom_retries: int = _env(
         "FINETUNE_OOM_RETRIES", 1, _int(0, 8), "OOM retries with half the micro-batch"
     )

@@ -162,11 +162,12 @@ def train_step(run_id: str) -> dict[str, Any]:
         else:
             rt.runs.forget_progress_after(run.id, int(resume_from.name.split("-")[-1]))
         export_dir = Path(run.export_dir or "")
-        rt.runs.update(run.id, backend=resolve_backend(config["backend"]))
+        backend = resolve_backend(config["backend"])
+        rt.runs.update(run.id, backend=backend)
         job = TrainJob(
             run_id=run.id,
             config=config,
-            model_path=resolve_model(config["baseModel"], rt.settings.model_cache_dir),
+            model_path=resolve_model(config["baseModel"], rt.settings.model_cache_dir, backend),
             train_path=export_dir / "train.jsonl",
             val_path=export_dir / "val.jsonl",
             adapter_dir=paths.staging_dir,
@@ -175,6 +176,7 @@ def train_step(run_id: str) -> dict[str, Any]:
             should_cancel=lambda: rt.cancel_requested(run.id),
             torch_threads=rt.settings.torch_threads,
             resume_from=resume_from,
+            python_path=rt.settings.python_path,
         )
         result = _train_with_oom_retries(rt, run.id, job, emitter)
         from worker.training.artifacts import write_training_files
@@ -191,10 +193,16 @@ def _train_with_oom_retries(rt: Runtime, run_id: str, job: Any, emitter: Emitter
     same effective batch) up to FINETUNE_OOM_RETRIES times, then fail with code OOM."""
     from worker.training.job import run_backend
 
+    nproc = rt.settings.nproc
     retries = 0
     while True:
         try:
-            result = run_backend(job)
+            if nproc > 1:
+                from worker.training.distributed import run_distributed
+
+                result = run_distributed(job, nproc)
+            else:
+                result = run_backend(job)
             result.metrics["oom_retries"] = retries
             return result
         except OutOfMemoryError:
@@ -241,7 +249,10 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
         config = run.config_dict()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
         export_dir = Path(run.export_dir or "")
-        model_path = resolve_model(config["baseModel"], rt.settings.model_cache_dir)
+        # the same copy training used (Unsloth's pre-quantized repository where it trained)
+        model_path = resolve_model(
+            config["baseModel"], rt.settings.model_cache_dir, run.backend or "trl"
+        )
         registry = AdapterRegistry(rt.settings.lora_output_dir)
         active_before = registry.active_id()
         reference_id, reference_dir = reference_adapter(registry, run.base_model)

@@ -51,6 +51,7 @@ VALID: dict[str, tuple[str, str, object]] = {
     "FINETUNE_OOM_RETRIES": ("oom_retries", "2", 2),
     "FINETUNE_PROMOTE_MIN_DELTA": ("promote_min_delta", "0.05", 0.05),
     "FINETUNE_EVAL_MAX_NEW_TOKENS": ("eval_max_new_tokens", "128", 128),
+    "FINETUNE_NPROC": ("nproc", "2", 2),
     "FINETUNE_AUTO_ACTIVATE": ("auto_activate", "false", False),
     "LORA_KEEP": ("lora_keep", "3", 3),
     "OLLAMA_EXPORT": ("ollama_export", "yes", True),

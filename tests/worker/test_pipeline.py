@@ -196,3 +196,18 @@ def test_kept_adapters_reload_with_peft_and_suit_vllm(rt: Runtime, tiny_model: P
     assert Path(gguf["path"]).is_file() and gguf["arch"] == "llama"
     modelfile = Path(gguf["modelfile"]).read_text()
     assert f"FROM {tiny_model}" in modelfile and "ADAPTER ./adapter.gguf" in modelfile
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_two_process_run_completes_with_each_event_stored_once(
+    rt: Runtime, tiny_model: Path
+) -> None:
+    rt.settings = rt.settings.replace(nproc=2)
+    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    for step in (pipeline.export_step, pipeline.train_step, pipeline.evaluate_step):
+        assert step(run_id)["status"] != "failed", rt.runs.get(run_id).error_message
+    run = rt.runs.get(run_id)
+    assert run.status == "completed" and run.metrics_dict()["world_size"] == 2
+    rows = rt.runs.progress(run_id)
+    assert [r["step"] for r in rows if r["type"] == "progress"] == [1, 2, 3, 4]
+    AdapterRegistry(rt.settings.lora_output_dir).verify(run_id)

@@ -1,0 +1,83 @@
+"""FINETUNE_NPROC > 1: torchrun with two CPU ranks on gloo; each event reaches the run once,
+only rank 0 writes the adapter, and cancel stops every rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.errors import BackendUnavailableError, CancelledError
+from shared.events import Emitter, ProgressEvent
+from shared.settings import Settings
+from tests.worker.conftest import tiny_config
+from worker.training.distributed import job_from_dict, job_to_dict, run_distributed
+from worker.training.job import TrainJob
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _job(
+    settings: Settings, tiny_model: Path, export_dir: Path, events: list, **overrides
+) -> TrainJob:  # noqa: ANN003
+    work = settings.lora_output_dir / ".work" / "run_ddp001"
+    return TrainJob(
+        run_id="run_ddp001",
+        config=tiny_config(settings, tiny_model, **overrides),
+        model_path=tiny_model,
+        train_path=export_dir / "train.jsonl",
+        val_path=export_dir / "val.jsonl",
+        adapter_dir=work / "adapter",
+        checkpoint_dir=work / "checkpoints",
+        emitter=Emitter("run_ddp001", [events.append]),
+    )
+
+
+def test_job_round_trips_through_json(
+    settings: Settings, tiny_model: Path, export_dir: Path
+) -> None:
+    job = _job(settings, tiny_model, export_dir, [])
+    again = job_from_dict(json.loads(json.dumps(job_to_dict(job))), job.emitter)
+    assert job_to_dict(again) == job_to_dict(job)
+
+
+def test_two_ranks_on_gloo_train_once_and_rank_zero_writes(
+    settings: Settings, tiny_model: Path, export_dir: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    events: list[ProgressEvent] = []
+    job = _job(settings, tiny_model, export_dir, events, maxSteps=4, evalSteps=2, saveSteps=2)
+    result = run_distributed(job, nproc=2)
+
+    assert result.metrics["world_size"] == 2 and result.metrics["total_steps"] == 4
+    types = [e.type for e in events]
+    assert types.count("training_start") == 1
+    steps = [e.step for e in events if e.type == "progress"]
+    assert steps == [1, 2, 3, 4]  # not [1, 1, 2, 2, ...]: ranks > 0 publish nothing
+    assert [e.step for e in events if e.type == "eval"] == [2, 4]
+    assert types.count("checkpoint") == 2 and "error" not in types
+    assert all(e.run_id == "run_ddp001" for e in events)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, job.adapter_dir)
+    assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+    checkpoints = sorted(p.name for p in job.checkpoint_dir.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]  # written once, by rank 0
+
+
+def test_cancel_stops_every_rank(settings: Settings, tiny_model: Path, export_dir: Path) -> None:
+    events: list[ProgressEvent] = []
+    job = _job(settings, tiny_model, export_dir, events, maxSteps=500, evalSteps=1000)
+    job.should_cancel = lambda: any(e.type == "progress" for e in events)
+    with pytest.raises(CancelledError):
+        run_distributed(job, nproc=2)
+    assert not (job.adapter_dir / "adapter_model.safetensors").exists()
+
+
+def test_only_trl_runs_distributed(settings: Settings, tiny_model: Path, export_dir: Path) -> None:
+    job = _job(settings, tiny_model, export_dir, [], backend="axolotl")
+    with pytest.raises(BackendUnavailableError, match="FINETUNE_NPROC=2 runs the trl backend"):
+        run_distributed(job, nproc=2)

@@ -1,0 +1,199 @@
+"""One run on several GPUs (FINETUNE_NPROC > 1): the training task launches `torchrun` with N
+ranks of the `trl` backend (DDP; NCCL on GPUs, gloo on CPUs) and stays their supervisor.
+
+    parent (the Celery task)                       ranks (torchrun --nproc_per_node N)
+    run_distributed(job, N)  ── job.json ──▶        main(): TrainJob from job.json, train
+      re-emits rank 0's events (Redis, DB, log) ◀── stdout: rank 0's events as JSON lines
+      polls cancel; SIGTERM to the whole group      ranks > 0 emit nothing: no duplicates
+      reads result.json                     ◀──     rank 0 writes it (metrics, arguments)
+
+Only rank 0 publishes events and writes artifacts: Trainer saves checkpoints on the main
+process, and the backend saves the adapter only there. Data is sharded by Trainer's
+distributed sampler, so each optimizer step covers N micro-batches.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 \\
+        -m worker.training.distributed JOB.json RESULT.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.errors import (
+    BackendUnavailableError,
+    CancelledError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    PipelineError,
+)
+from shared.events import Emitter, ProgressEvent, stdout_sink
+from shared.fsutil import write_json_atomic
+from worker.training.job import TrainJob, TrainResult, resolve_backend
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTED_BACKENDS = ("trl",)
+ERRORS: dict[str, type[PipelineError]] = {
+    "OOM": OutOfMemoryError,
+    "MODEL_NOT_FOUND": ModelNotFoundError,
+    "BACKEND_UNAVAILABLE": BackendUnavailableError,
+}
+POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 30
+PATH_FIELDS = ("model_path", "train_path", "val_path", "adapter_dir", "checkpoint_dir")
+
+
+def job_to_dict(job: TrainJob) -> dict[str, Any]:
+    data = {name: str(getattr(job, name)) for name in PATH_FIELDS}
+    return {
+        **data,
+        "run_id": job.run_id,
+        "config": job.config,
+        "torch_threads": job.torch_threads,
+        "resume_from": str(job.resume_from) if job.resume_from else None,
+    }
+
+
+def job_from_dict(data: dict[str, Any], emitter: Emitter) -> TrainJob:
+    paths = {name: Path(data[name]) for name in PATH_FIELDS}
+    resume = Path(data["resume_from"]) if data.get("resume_from") else None
+    return TrainJob(
+        run_id=data["run_id"],
+        config=data["config"],
+        emitter=emitter,
+        torch_threads=data["torch_threads"],
+        resume_from=resume,
+        **paths,
+    )
+
+
+def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
+    """Train `job` on `nproc` ranks; events reach `job.emitter` once, from rank 0."""
+    backend = resolve_backend(job.config["backend"])
+    if backend not in DISTRIBUTED_BACKENDS:
+        raise BackendUnavailableError(
+            f"FINETUNE_NPROC={nproc} runs the trl backend only (this run uses {backend!r}); "
+            "set FINETUNE_BACKEND=trl, or FINETUNE_NPROC=1 for a single-device run"
+        )
+    work = job.checkpoint_dir.parent
+    work.mkdir(parents=True, exist_ok=True)
+    job_file, result_file = work / "distributed-job.json", work / "distributed-result.json"
+    result_file.unlink(missing_ok=True)
+    write_json_atomic(job_file, job_to_dict(job))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "worker.training.distributed",
+        str(job_file), str(result_file),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # one process group: a cancel stops every rank
+    )
+    errors: list[dict[str, Any]] = []
+    reader = threading.Thread(
+        target=_relay, args=(process.stdout, job.emitter, errors), daemon=True
+    )
+    reader.start()
+    try:
+        while process.poll() is None:
+            if job.should_cancel():
+                _stop(process)
+                raise CancelledError("Cancelled during training")
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        _stop(process)
+        raise
+    reader.join(timeout=10)
+    if process.returncode != 0 or not result_file.is_file():
+        raise _failure(process.returncode, errors)
+    result = json.loads(result_file.read_text())
+    return TrainResult(result["backend"], result["metrics"], result["hyperparameters"])
+
+
+def _relay(stream: Any, emitter: Emitter, errors: list[dict[str, Any]]) -> None:
+    """Rank 0's JSON events to the parent's sinks; anything else is log output."""
+    for line in stream:
+        text = line.rstrip("\n")
+        try:
+            data = json.loads(text) if text.startswith("{") else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or "type" not in data:
+            if text:
+                log.info("[ranks] %s", text)
+            continue
+        if data["type"] == "error":
+            errors.append(data)
+            continue  # the parent raises it; the pipeline emits the one error event
+        event = ProgressEvent.from_dict(data)
+        fields = {k: v for k, v in event.to_dict().items() if k not in ("type", "run_id")}
+        emitter.emit(event.type, **{k: v for k, v in fields.items() if k != "timestamp"})
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _failure(returncode: int, errors: list[dict[str, Any]]) -> PipelineError:
+    if errors:
+        error = errors[0]
+        kind = ERRORS.get(error.get("code", ""), PipelineError)
+        if kind is OutOfMemoryError:
+            return OutOfMemoryError(error.get("message", "out of memory"))
+        return kind(error.get("message", "distributed training failed"))
+    return PipelineError(
+        f"distributed training exited with code {returncode} before finishing; "
+        "the run log has every rank's output"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank: train, and on rank 0 report events on stdout and write the result."""
+    from worker.training.job import run_backend
+
+    job_file, result_file = (argv or sys.argv[1:])[:2]
+    rank = int(os.environ.get("RANK", "0"))
+    emitter = Emitter(None, [stdout_sink()] if rank == 0 else [])
+    job = job_from_dict(json.loads(Path(job_file).read_text()), emitter)
+    emitter.run_id = job.run_id
+    try:
+        result = run_backend(job)
+    except PipelineError as exc:
+        if rank == 0:
+            emitter.emit("error", code=exc.code, message=exc.message, suggestion=exc.suggestion)
+        return int(exc.exit_code)
+    if rank == 0:
+        write_json_atomic(
+            Path(result_file),
+            {
+                "backend": result.backend,
+                "metrics": {**result.metrics, "world_size": int(os.environ["WORLD_SIZE"])},
+                "hyperparameters": result.hyperparameters,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
