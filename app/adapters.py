@@ -1,7 +1,7 @@
 """/api/adapters: the adapter registry (list, inspect, activate, roll back, tag, delete, export).
 
 Every change goes through shared.registry (atomic active.json, verified sha256). The GGUF
-export for Ollama is handed to a CPU worker; with OLLAMA_EXPORT=true activation enqueues it.
+export for Ollama is handed to a training worker; with OLLAMA_EXPORT=true activation enqueues it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ TASK_QUEUES = {
     TASK_EVALUATE: QUEUE_TRAIN,
     TASK_SCHEDULED_CHECK: QUEUE_EXPORT,  # control tasks run on the CPU workers
     TASK_WATCHDOG: QUEUE_EXPORT,
-    TASK_EXPORT_GGUF: QUEUE_EXPORT,  # numpy work on a CPU worker; the API only enqueues it
+    # a training worker has what the conversion needs (torch, the base model's folder); the
+    # export itself takes a fraction of a second
+    TASK_EXPORT_GGUF: QUEUE_TRAIN,
 }
 
 # --- run statuses (seed §3.1 CHECK constraint) ------------------------------------------------

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from shared import migrate
-from shared.names import QUEUE_EXPORT, TASK_EXPORT_GGUF
+from shared.names import QUEUE_TRAIN, TASK_EXPORT_GGUF
 from shared.settings import Settings
 from tests.adapters import make_adapter
 from tests.conftest import drain
@@ -128,7 +128,7 @@ def test_activation_queues_the_gguf_export_when_ollama_export_is_on(
 ) -> None:
     client = make_app(ollama_export=True).test_client()
     body = client.post(f"/api/adapters/{IDS[0]}/activate").get_json()
-    messages = drain(celery_app, QUEUE_EXPORT)
+    messages = drain(celery_app, QUEUE_TRAIN)
     assert [m.headers["task"] for m in messages] == [TASK_EXPORT_GGUF]
     assert messages[0].headers["id"] == body["exportTaskId"]
     assert json.loads(messages[0].body)[0] == [IDS[0]]
@@ -138,7 +138,7 @@ def test_activation_queues_the_gguf_export_when_ollama_export_is_on(
 
 def test_no_export_is_queued_by_default(client: FlaskClient, celery_app: Celery) -> None:
     assert "exportTaskId" not in client.post(f"/api/adapters/{IDS[0]}/activate").get_json()
-    assert drain(celery_app, QUEUE_EXPORT) == []
+    assert drain(celery_app, QUEUE_TRAIN) == []
 
 
 def test_adapter_folder_is_untouched_by_reads(client: FlaskClient, settings: Settings) -> None:
