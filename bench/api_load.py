@@ -113,6 +113,7 @@ class Load:
         self.errors: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.api_cpu = self.client_cpu = 0.0
 
     def _client(self, index: int, start: float) -> None:
         interval = CLIENT_THREADS / self.rate
@@ -200,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             _wait(lambda: _training_step(port, run_id)[0] >= 1, 900, "the first training step")
             load = Load(port, args.rate, _paths(run_id))
             step = lambda: _training_step(port, run_id)  # noqa: E731
+            api_cpu, own_cpu = _cpu_seconds(api.pid), _own_cpu_seconds()
             elapsed = load.run_until(lambda: step()[0] >= step()[1] > 0, args.seconds)
+            load.api_cpu = _cpu_seconds(api.pid) - api_cpu
+            load.client_cpu = _own_cpu_seconds() - own_cpu
             loaded = _finish(port, run_id)
             # idle again: the mean of the runs before and after cancels slow drifts
             after = _finish(port, _post(port, "/api/finetune", {"config": config})["runId"])
@@ -213,6 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     idle_tps = [run["metrics"]["tokens_per_second"] for run in (idle, after)]
     _report(args, load, elapsed, idle_tps, loaded["metrics"]["tokens_per_second"])
     return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (gunicorn's master and workers)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _ok(port: int) -> bool:
@@ -241,6 +262,12 @@ def _report(args, load: Load, elapsed: float, idle: list[float], loaded_tps: flo
     p50, p99 = _percentile(ms, 50), _percentile(ms, 99)
     print(f"latency ms: p50 {p50:.1f}  p99 {p99:.1f}  max {max(ms):.1f}")
     print(f"errors: {len(load.errors)}" + (f" (first: {load.errors[:3]})" if load.errors else ""))
+    per_request = 1000 / max(len(ms), 1)
+    print(
+        f"CPU per request: API {load.api_cpu * per_request:.2f} ms, load generator "
+        f"{load.client_cpu * per_request:.2f} ms (cores busy beside training: "
+        f"{(load.api_cpu + load.client_cpu) / elapsed:.2f})"
+    )
     before, after = idle
     print(f"training tokens/s: idle API {idle_tps:.1f} (before {before:.1f}, after {after:.1f})")
     print(f"training tokens/s: loaded API {loaded_tps:.1f} (ratio {loaded_tps / idle_tps:.3f})")
