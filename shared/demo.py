@@ -174,6 +174,12 @@ def report(run: dict) -> None:
         f" s, {metrics.get('tokens_per_second')} tokens/s, peak RAM {metrics.get('peak_ram_gb')}"
         " GB"
     )
+    if metrics.get("generation_examples"):
+        print(
+            f"answers:  exact match base {metrics.get('base_exact_match')} -> adapter "
+            f"{metrics.get('adapter_exact_match')} on {metrics['generation_examples']} held-out "
+            "question(s) (FINETUNE_EVAL_SAMPLES / evalSamples)"
+        )
     promotion = run.get("promotion") or {}
     if promotion:
         print(f"promotion: {promotion['decision']} ({promotion['reason']})")
