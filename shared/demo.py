@@ -247,7 +247,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"API at {base}; worker log in data/demo-worker.log")
             if settings.api_token:
                 print(
-                    "API_TOKEN is set: pass it as `-H \"Authorization: Bearer $API_TOKEN\"` "
+                    'API_TOKEN is set: pass it as `-H "Authorization: Bearer $API_TOKEN"` '
                     "(curl), `?access_token=` on feeds; the dashboard asks for it once"
                 )
             else:
