@@ -121,15 +121,20 @@ class AdapterRegistry:
     def active_id(self) -> str | None:
         return self.state().get("adapterId")
 
-    def ids(self) -> list[str]:
-        """Published adapters, newest first (by manifest createdAt, then id)."""
+    def _manifests(self) -> list[tuple[str, dict[str, Any]]]:
+        """(id, manifest) of every published adapter, newest first (createdAt, then id)."""
         if not self.root.is_dir():
             return []
-        found = []
-        for folder in self.root.iterdir():
-            if folder.is_dir() and ADAPTER_ID.match(folder.name) and (folder / MANIFEST).is_file():
-                found.append((self._read_manifest(folder).get("createdAt") or "", folder.name))
-        return [name for _, name in sorted(found, reverse=True)]
+        found = [
+            (folder.name, self._read_manifest(folder))
+            for folder in self.root.iterdir()
+            if folder.is_dir() and ADAPTER_ID.match(folder.name) and (folder / MANIFEST).is_file()
+        ]
+        return sorted(found, key=lambda f: (f[1].get("createdAt") or "", f[0]), reverse=True)
+
+    def ids(self) -> list[str]:
+        """Published adapters, newest first."""
+        return [adapter_id for adapter_id, _ in self._manifests()]
 
     def get(self, adapter_id: str) -> dict[str, Any]:
         folder = self.path(adapter_id)
@@ -146,13 +151,8 @@ class AdapterRegistry:
     def list(self) -> list[dict[str, Any]]:
         active = self.active_id()
         return [
-            {
-                **self._read_manifest(self.root / i),
-                "id": i,
-                "isActive": i == active,
-                "path": str(self.root / i),
-            }
-            for i in self.ids()
+            {**manifest, "id": i, "isActive": i == active, "path": str(self.root / i)}
+            for i, manifest in self._manifests()
         ]
 
     def active(self) -> dict[str, Any] | None:
@@ -266,9 +266,8 @@ class AdapterRegistry:
             if state["history"]:
                 protected.add(state["history"][-1].get("previous"))
             removed = []
-            for index, adapter_id in enumerate(self.ids()):
-                tagged = bool(self._read_manifest(self.root / adapter_id).get("tags"))
-                if index < keep or tagged or adapter_id in protected:
+            for index, (adapter_id, manifest) in enumerate(self._manifests()):
+                if index < keep or manifest.get("tags") or adapter_id in protected:
                     continue
                 self._remove(adapter_id)
                 removed.append(adapter_id)
@@ -335,11 +334,12 @@ class AdapterRegistry:
 
     def _reconcile(self, active: str | None) -> None:
         """Make every manifest's isActive agree with active.json (it is written first)."""
-        for adapter_id in self.ids():
-            folder = self.root / adapter_id
-            manifest = self._read_manifest(folder)
+        for adapter_id, manifest in self._manifests():
             if "error" not in manifest and manifest.get("isActive") != (adapter_id == active):
-                write_json_atomic(folder / MANIFEST, {**manifest, "isActive": adapter_id == active})
+                write_json_atomic(
+                    self.root / adapter_id / MANIFEST,
+                    {**manifest, "isActive": adapter_id == active},
+                )
 
     def _remove(self, adapter_id: str) -> None:
         """Rename away first, so the adapter disappears at once even if deletion is slow."""

@@ -9,12 +9,13 @@ a second.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
 import pytest
+from celery import Celery
 from flask import Flask
 
 from app import create_app
@@ -89,3 +90,28 @@ def feed_server(feed_env: FeedEnv) -> Iterator[str]:
     yield f"127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+def sqlite_app(settings: Settings, celery_app: Celery) -> Iterator[Callable[..., Flask]]:
+    """A factory of apps on one migrated SQLite database (`settings.database_url` of the
+    apps is `sqlite_app.database_url`), the memory broker and a fresh fakeredis; keyword
+    arguments change settings, `redis_client=` replaces the fakeredis."""
+    url = f"sqlite:///{settings.data_dir / 'app.db'}"
+    migrate.upgrade(url)
+    apps: list[Flask] = []
+
+    def make(redis_client: Any = None, **changes: Any) -> Flask:
+        app = create_app(
+            settings.replace(database_url=url, **changes),
+            celery=celery_app,
+            redis_client=redis_client if redis_client is not None else fakeredis.FakeRedis(),
+        )
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    make.database_url = url  # type: ignore[attr-defined]
+    yield make
+    for app in apps:
+        app.extensions["tmde.db"].dispose()

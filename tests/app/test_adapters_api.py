@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 from celery import Celery
-from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app
-from shared import migrate
 from shared.names import QUEUE_TRAIN, TASK_EXPORT_GGUF
 from shared.settings import Settings
 from tests.adapters import make_adapter
@@ -24,26 +19,10 @@ IDS = ["run_aaaaaa", "run_bbbbbb", "run_cccccc"]
 
 
 @pytest.fixture
-def make_app(settings: Settings, celery_app: Celery) -> Iterator[Any]:
-    url = f"sqlite:///{settings.data_dir / 'api.db'}"
-    migrate.upgrade(url)
+def make_app(settings: Settings, sqlite_app: Any) -> Any:
     for day, adapter_id in enumerate(IDS, start=1):
         make_adapter(settings.lora_output_dir, adapter_id, created=f"2026-11-0{day}T00:00:00Z")
-    apps: list[Flask] = []
-
-    def make(**changes: Any) -> Flask:
-        app = create_app(
-            settings.replace(database_url=url, **changes),
-            celery=celery_app,
-            redis_client=fakeredis.FakeRedis(),
-        )
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["tmde.db"].dispose()
+    return sqlite_app
 
 
 @pytest.fixture

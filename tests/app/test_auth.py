@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import fakeredis
 import pytest
-from celery import Celery
-from flask import Flask
-
-from app import create_app
-from shared import migrate
-from shared.settings import Settings
 
 TOKEN = "0123456789abcdef-token"
 
 
 @pytest.fixture
-def make_app(settings: Settings, celery_app: Celery) -> Iterator[Any]:
-    url = f"sqlite:///{settings.data_dir / 'auth.db'}"
-    migrate.upgrade(url)
-    apps: list[Flask] = []
-
-    def make(**changes: Any) -> Flask:
-        app = create_app(
-            settings.replace(database_url=url, **changes),
-            celery=celery_app,
-            redis_client=fakeredis.FakeRedis(),
-        )
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["tmde.db"].dispose()
+def make_app(sqlite_app: Any) -> Any:
+    return sqlite_app
 
 
 @pytest.mark.parametrize(

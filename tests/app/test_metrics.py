@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import fakeredis
-from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
-from shared import migrate
 from shared.db import Database
 from shared.models import FineTuneRun
 from shared.registry import AdapterRegistry
@@ -26,10 +24,8 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_metrics(settings: Settings, celery_app: Celery) -> None:
-    url = f"sqlite:///{settings.data_dir / 'metrics.db'}"
-    migrate.upgrade(url)
-    db = Database(url)
+def test_metrics(settings: Settings, sqlite_app: Any) -> None:
+    db = Database(sqlite_app.database_url)
     with db.session() as session:
         session.add(
             FineTuneRun(
@@ -59,8 +55,7 @@ def test_metrics(settings: Settings, celery_app: Celery) -> None:
     )
     make_adapter(settings.lora_output_dir, "run_000001")
     AdapterRegistry(settings.lora_output_dir).activate("run_000001")
-    app = create_app(settings.replace(database_url=url), celery=celery_app, redis_client=redis)
-    response = app.test_client().get("/metrics")
+    response = sqlite_app(redis_client=redis).test_client().get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     samples = _samples(response.get_data(as_text=True))
     assert samples[("tmde_runs", (("status", "completed"),))] == 1
@@ -74,16 +69,11 @@ def test_metrics(settings: Settings, celery_app: Celery) -> None:
     )
     assert samples[("tmde_schedule_last_decision", (("decision", "skipped"),))] == 1
     assert samples[("tmde_active_adapter_info", (("adapter_id", "run_000001"),))] == 1
-    app.extensions["tmde.db"].dispose()
 
 
-def test_metrics_survive_a_redis_outage(settings: Settings, celery_app: Celery) -> None:
-    url = f"sqlite:///{settings.data_dir / 'metrics.db'}"
-    migrate.upgrade(url)
+def test_metrics_survive_a_redis_outage(sqlite_app: Any) -> None:
     redis = fakeredis.FakeRedis()
     redis.connected = False  # every command raises ConnectionError
-    app = create_app(settings.replace(database_url=url), celery=celery_app, redis_client=redis)
-    response = app.test_client().get("/metrics")
+    response = sqlite_app(redis_client=redis).test_client().get("/metrics")
     assert response.status_code == 200
     assert ("tmde_runs", (("status", "pending"),)) in _samples(response.get_data(as_text=True))
-    app.extensions["tmde.db"].dispose()

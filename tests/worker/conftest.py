@@ -34,3 +34,28 @@ def tiny_config(settings: Settings, model: Path, **overrides: object) -> dict:
         **overrides,
     }
     return build_config(settings, values).to_dict()
+
+
+def tiny_job(
+    settings: Settings,
+    model: Path,
+    export_dir: Path,
+    events: list,
+    run_id: str = "run_test",
+    **overrides: object,
+):  # type: ignore[no-untyped-def]
+    """A TrainJob on the tiny model and the exported dataset; events go to `events`."""
+    from shared.events import Emitter
+    from worker.training.job import TrainJob
+
+    work = settings.lora_output_dir / ".work" / run_id
+    return TrainJob(
+        run_id=run_id,
+        config=tiny_config(settings, model, **overrides),
+        model_path=model,
+        train_path=export_dir / "train.jsonl",
+        val_path=export_dir / "val.jsonl",
+        adapter_dir=work / "adapter",
+        checkpoint_dir=work / "checkpoints",
+        emitter=Emitter(run_id, [events.append]),
+    )

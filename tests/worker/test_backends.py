@@ -10,27 +10,17 @@ from pathlib import Path
 import pytest
 
 from shared.errors import BackendUnavailableError, ModelNotFoundError, PipelineError
-from shared.events import Emitter, ProgressEvent
+from shared.events import ProgressEvent
 from shared.settings import Settings
-from tests.worker.conftest import tiny_config
+from tests.worker.conftest import tiny_job
 from worker.training import job as job_module
 from worker.training import models
 from worker.training.backends import axolotl_backend, axolotl_config
 from worker.training.job import TrainJob, resolve_backend, run_backend
 
 
-def _job(settings: Settings, model: Path, export_dir: Path, events: list, **overrides) -> TrainJob:
-    work = settings.lora_output_dir / ".work" / "r"
-    return TrainJob(
-        run_id="r",
-        config=tiny_config(settings, model, **overrides),
-        model_path=model,
-        train_path=export_dir / "train.jsonl",
-        val_path=export_dir / "val.jsonl",
-        adapter_dir=work / "adapter",
-        checkpoint_dir=work / "checkpoints",
-        emitter=Emitter("r", [events.append]),
-    )
+def _job(settings: Settings, model: Path, export_dir: Path, events: list, **overrides) -> TrainJob:  # noqa: ANN003
+    return tiny_job(settings, model, export_dir, events, "r", **overrides)
 
 
 @pytest.mark.parametrize(

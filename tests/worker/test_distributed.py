@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from shared.errors import BackendUnavailableError, CancelledError
-from shared.events import Emitter, ProgressEvent
+from shared.events import ProgressEvent
 from shared.settings import Settings
-from tests.worker.conftest import tiny_config
+from tests.worker.conftest import tiny_job
 from worker.training.distributed import job_from_dict, job_to_dict, run_distributed
 from worker.training.job import TrainJob
 
@@ -21,17 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 def _job(
     settings: Settings, tiny_model: Path, export_dir: Path, events: list, **overrides
 ) -> TrainJob:  # noqa: ANN003
-    work = settings.lora_output_dir / ".work" / "run_ddp001"
-    return TrainJob(
-        run_id="run_ddp001",
-        config=tiny_config(settings, tiny_model, **overrides),
-        model_path=tiny_model,
-        train_path=export_dir / "train.jsonl",
-        val_path=export_dir / "val.jsonl",
-        adapter_dir=work / "adapter",
-        checkpoint_dir=work / "checkpoints",
-        emitter=Emitter("run_ddp001", [events.append]),
-    )
+    return tiny_job(settings, tiny_model, export_dir, events, "run_ddp001", **overrides)
 
 
 def test_job_round_trips_through_json(

@@ -9,23 +9,14 @@ import pytest
 from shared.errors import BackendUnavailableError, CancelledError, PipelineError
 from shared.events import Emitter, ProgressEvent
 from shared.settings import Settings
-from tests.worker.conftest import tiny_config
+from tests.worker.conftest import tiny_job
 from worker.training.job import TrainJob, resolve_backend, run_backend
 
 
 def _job(
     settings: Settings, tiny_model: Path, export_dir: Path, events: list, **overrides
 ) -> TrainJob:
-    return TrainJob(
-        run_id="run_test",
-        config=tiny_config(settings, tiny_model, **overrides),
-        model_path=tiny_model,
-        train_path=export_dir / "train.jsonl",
-        val_path=export_dir / "val.jsonl",
-        adapter_dir=settings.lora_output_dir / "staging",
-        checkpoint_dir=settings.lora_output_dir / "ckpt",
-        emitter=Emitter("run_test", [events.append]),
-    )
+    return tiny_job(settings, tiny_model, export_dir, events, **overrides)
 
 
 def test_training_emits_the_seed_events_and_saves_an_adapter(

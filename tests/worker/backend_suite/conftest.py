@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.events import Emitter, ProgressEvent
+from shared.events import ProgressEvent
 from shared.settings import Settings
-from tests.worker.conftest import tiny_config
+from tests.worker.conftest import tiny_job
 from worker.training.job import TrainJob
 
 BACKEND_CHOICES = ("trl", "unsloth", "axolotl")
@@ -51,18 +51,11 @@ def make_job(settings: Settings, tiny_model: Path, export_dir: Path, backend: st
     """A TrainJob on the tiny model for the selected backend; events go to `events`."""
 
     def make(events: list[ProgressEvent], **overrides: object) -> TrainJob:
-        return TrainJob(
-            run_id="run_suite",
-            config=tiny_config(settings, tiny_model, backend=backend, **overrides),
-            model_path=tiny_model,
-            train_path=export_dir / "train.jsonl",
-            val_path=export_dir / "val.jsonl",
-            adapter_dir=settings.lora_output_dir / ".work" / "run_suite" / "adapter",
-            checkpoint_dir=settings.lora_output_dir / ".work" / "run_suite" / "checkpoints",
-            emitter=Emitter("run_suite", [events.append]),
-            torch_threads=2,
-            # Axolotl runs as a subprocess of this interpreter's environment.
-            python_path=sys.executable,
+        job = tiny_job(
+            settings, tiny_model, export_dir, events, "run_suite", backend=backend, **overrides
         )
+        job.torch_threads = 2
+        job.python_path = sys.executable  # Axolotl runs as a subprocess of this environment
+        return job
 
     return make
