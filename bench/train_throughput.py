@@ -56,7 +56,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from throughput_child import child_main  # noqa: E402 - bench/ is this script's folder
 
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 VAL_EXAMPLES = 32
@@ -106,8 +107,9 @@ def alpaca_examples(data: Path | None, count: int) -> tuple[list[dict[str, str]]
             for line in handle:
                 if line.strip():
                     row = json.loads(line)
-                    rows.append({"instruction": row["question"], "input": "",
-                                 "output": row["answer"]})
+                    rows.append(
+                        {"instruction": row["question"], "input": "", "output": row["answer"]}
+                    )
                 if len(rows) >= count:
                     break
         return rows, f"GSM8K ({source})"
@@ -122,204 +124,6 @@ def write_jsonl(rows: list[dict[str, str]], path: Path) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
-
-
-# --------------------------------------------------------------------------- child side
-
-
-class _Stop(Exception):
-    """Raised inside a child's training loop when the parent has all the steps it needs."""
-
-
-class _Turns:
-    """Counts the tokens of each training step and hands the CPU back after every step."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.started: float | None = None
-        self.cpu_started = 0.0
-        self.counts = {"tokens": 0, "loss_tokens": 0, "padded_tokens": 0, "rows": 0}
-
-    def count(self, inputs: dict[str, Any]) -> None:
-        ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask")
-        labels = inputs.get("labels")
-        self.counts["tokens"] += int(mask.sum()) if mask is not None else ids.numel()
-        self.counts["padded_tokens"] += ids.numel()
-        self.counts["rows"] += ids.shape[0]
-        if labels is not None:
-            self.counts["loss_tokens"] += int((labels[:, 1:] != -100).sum())
-
-    def step_begin(self, args: Any, state: Any, model: Any) -> None:
-        now = time.perf_counter()
-        if self.started is None:
-            self.conn.send(("ready", describe(args, model)))
-        else:
-            self.conn.send(("segment", {
-                "seconds": now - self.started, "step": state.global_step,
-                "cpu_seconds": time.process_time() - self.cpu_started, **self.counts,
-            }))
-        if self.conn.recv() == "stop":
-            raise _Stop
-        self.counts = dict.fromkeys(self.counts, 0)
-        self.cpu_started = time.process_time()
-        self.started = time.perf_counter()
-
-
-def describe(args: Any, model: Any) -> dict[str, Any]:
-    import torch
-
-    padding_free = bool(args.padding_free or (
-        args.packing and args.packing_strategy in {"bfd", "bfd_split"}))
-    dtype = next(p.dtype for p in model.parameters())
-    return {
-        "packing": f"{args.packing_strategy}" if args.packing else "off",
-        "padding_free": padding_free,
-        "grad_ckpt": bool(getattr(model, "is_gradient_checkpointing", False)),
-        "precision": str(dtype).removeprefix("torch.") + (" +bf16 autocast" if args.bf16 else ""),
-        "logging_steps": args.logging_steps,
-        "eval": str(getattr(args.eval_strategy, "value", args.eval_strategy)),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def _install_hooks(turns: _Turns) -> None:
-    from transformers import Trainer
-    from transformers.trainer_callback import CallbackHandler
-
-    training_step = Trainer.training_step
-    on_step_begin = CallbackHandler.on_step_begin
-
-    def counting_training_step(self: Any, model: Any, inputs: Any, *args: Any, **kw: Any) -> Any:
-        turns.count(inputs)
-        return training_step(self, model, inputs, *args, **kw)
-
-    def taking_turns(self: Any, args: Any, state: Any, control: Any) -> Any:
-        turns.step_begin(args, state, self.model)
-        return on_step_begin(self, args, state, control)
-
-    Trainer.training_step = counting_training_step
-    CallbackHandler.on_step_begin = taking_turns
-
-
-def _service_config(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    from shared.run_config import build_config
-    from shared.settings import Settings
-
-    return build_config(Settings.from_env(), {
-        "baseModel": spec["model_path"], "batchSize": spec["batch_size"],
-        "maxSeqLen": spec["max_len"], "maxSteps": spec["max_steps"], "gradAccum": 1,
-        **overrides,
-    }).to_dict()
-
-
-def _job(spec: dict[str, Any], config: dict[str, Any], workdir: Path, emitter: Any) -> Any:
-    from shared.settings import Settings
-    from worker.training.job import TrainJob
-
-    return TrainJob(
-        run_id="bench", config=config, model_path=Path(spec["model_path"]),
-        train_path=Path(spec["train_path"]), val_path=Path(spec["val_path"]),
-        adapter_dir=workdir / "adapter", checkpoint_dir=workdir / "checkpoints",
-        emitter=emitter, torch_threads=Settings.from_env().torch_threads,
-    )
-
-
-def run_service(spec: dict[str, Any], variant: dict[str, Any], workdir: Path) -> None:
-    from shared.events import Emitter
-    from worker.training.backends import trl_backend
-    from worker.training.job import run_backend
-
-    if variant.get("sft"):
-        original = trl_backend.sft_arguments
-
-        def patched(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            return {**original(*args, **kwargs), **variant["sft"]}
-
-        trl_backend.sft_arguments = patched
-    log = (workdir / "events.jsonl").open("a", encoding="utf-8")
-    emitter = Emitter("bench", [lambda event: log.write(event.to_json() + "\n")])
-    config = _service_config(spec, variant.get("config", {}))
-    run_backend(_job(spec, config, workdir, emitter))
-
-
-def bare_records(path: Path, tokenizer: Any) -> list[dict[str, Any]]:
-    """What a plain script does: Alpaca rows -> TRL prompt/completion records."""
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            question = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
-            if tokenizer.chat_template:
-                records.append({"prompt": [{"role": "user", "content": question}],
-                                "completion": [{"role": "assistant", "content": row["output"]}]})
-            else:
-                records.append({"prompt": question + "\n",
-                                "completion": row["output"] + tokenizer.eos_token})
-    return records
-
-
-def run_bare(spec: dict[str, Any], same_args: bool, workdir: Path) -> None:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    config = _service_config(spec, {})
-    cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(spec["model_path"])
-    train_set = Dataset.from_list(bare_records(Path(spec["train_path"]), tokenizer))
-    eval_set = None
-    if same_args:
-        from worker.training.backends.trl_backend import sft_arguments
-
-        bf16 = cuda and torch.cuda.is_bf16_supported()
-        arguments = sft_arguments(_job(spec, config, workdir, None), cuda=cuda, bf16=bf16)
-        arguments["output_dir"] = str(workdir / "checkpoints")
-        model = AutoModelForCausalLM.from_pretrained(
-            spec["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32)
-        eval_set = Dataset.from_list(bare_records(Path(spec["val_path"]), tokenizer))
-    else:
-        arguments = {
-            "output_dir": str(workdir / "checkpoints"),
-            "per_device_train_batch_size": spec["batch_size"],
-            "max_length": spec["max_len"],
-            "max_steps": spec["max_steps"],
-        }
-        if not cuda:
-            arguments["bf16"] = False
-        model = AutoModelForCausalLM.from_pretrained(spec["model_path"])
-    lora = LoraConfig(
-        r=config["loraRank"], lora_alpha=config["loraAlpha"], lora_dropout=config["loraDropout"],
-        target_modules=list(config["targetModules"]), task_type="CAUSAL_LM",
-    )
-    trainer = SFTTrainer(model=model, args=SFTConfig(**arguments), train_dataset=train_set,
-                         eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora)
-    trainer.train()
-
-
-def child_main(run_kind: str, variant: dict[str, Any], spec: dict[str, Any], conn: Any) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix=f"{run_kind}-", dir=spec["workdir"]))
-    log = os.open(workdir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    try:
-        turns = _Turns(conn)
-        _install_hooks(turns)
-        if run_kind == "service":
-            run_service(spec, variant, workdir)
-        else:
-            run_bare(spec, run_kind == "bare-same", workdir)
-        conn.send(("error", f"training ended before the parent stopped it ({workdir})"))
-    except _Stop:
-        pass
-    except BaseException:  # noqa: BLE001 - report anything to the parent
-        traceback.print_exc()
-        conn.send(("error", f"{traceback.format_exc(limit=-4)}\nlog: {workdir}/output.log"))
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
 
 
 # --------------------------------------------------------------------------- parent side
@@ -341,8 +145,9 @@ def start(runs: list[Run], spec: dict[str, Any]) -> None:
     context = mp.get_context("spawn")
     for run in runs:
         run.conn, child = context.Pipe()
-        run.process = context.Process(target=child_main, args=(run.kind, run.variant, spec, child),
-                                      daemon=True)
+        run.process = context.Process(
+            target=child_main, args=(run.kind, run.variant, spec, child), daemon=True
+        )
         run.process.start()
     for run in runs:  # each one loads its model and data, then waits before its first step
         _, run.info = receive(run, 900)
@@ -350,7 +155,7 @@ def start(runs: list[Run], spec: dict[str, Any]) -> None:
 
 def take_turns(runs: list[Run], rounds: int, warmup: int) -> None:
     for index in range(rounds):
-        order = runs[index % len(runs):] + runs[: index % len(runs)]
+        order = runs[index % len(runs) :] + runs[: index % len(runs)]
         line = []
         for run in order:
             run.conn.send("go")
@@ -374,11 +179,16 @@ def stop(runs: list[Run]) -> None:
 
 
 def settings_text(info: dict[str, Any]) -> str:
-    packing = "off" if info["packing"] == "off" else info["packing"] + (
-        " padding-free" if info["padding_free"] else "")
-    return (f"packing {packing}, grad-ckpt {'on' if info['grad_ckpt'] else 'off'}, "
-            f"{info['precision']}, log every {info['logging_steps']}, eval {info['eval']}, "
-            f"{info['threads']} threads")
+    packing = (
+        "off"
+        if info["packing"] == "off"
+        else info["packing"] + (" padding-free" if info["padding_free"] else "")
+    )
+    return (
+        f"packing {packing}, grad-ckpt {'on' if info['grad_ckpt'] else 'off'}, "
+        f"{info['precision']}, log every {info['logging_steps']}, eval {info['eval']}, "
+        f"{info['threads']} threads"
+    )
 
 
 def step_ratios(service: Run, other: Run) -> list[float]:
@@ -392,19 +202,25 @@ def step_ratios(service: Run, other: Run) -> list[float]:
 
 def report(runs: list[Run], args: argparse.Namespace, data_text: str) -> bool:
     print()
-    print(f"model {args.model}, batch {args.batch_size}, max_len {args.max_len}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, data: {data_text}")
-    header = (f"{'run':<20} {'s/step':>7} {'tokens':>7} {'tok/s':>7} {'answer tok/s':>12} "
-              f"{'tok/cpu-s':>9} {'pad %':>6}  settings")
+    print(
+        f"model {args.model}, batch {args.batch_size}, max_len {args.max_len}, "
+        f"{args.steps} timed steps after {args.warmup} warm-up, data: {data_text}"
+    )
+    header = (
+        f"{'run':<20} {'s/step':>7} {'tokens':>7} {'tok/s':>7} {'answer tok/s':>12} "
+        f"{'tok/cpu-s':>9} {'pad %':>6}  settings"
+    )
     print(header)
     print("-" * len(header))
     for run in runs:
         steps = len(run.segments) or 1
         padded = run.total("padded_tokens")
         pad = 100 * (1 - run.total("tokens") / padded) if padded else 0.0
-        print(f"{run.label:<20} {run.total('seconds') / steps:>7.2f} {int(run.total('tokens')):>7} "
-              f"{run.rate():>7.1f} {run.rate('loss_tokens'):>12.1f} "
-              f"{run.rate(clock='cpu_seconds'):>9.1f} {pad:>6.1f}  {settings_text(run.info)}")
+        print(
+            f"{run.label:<20} {run.total('seconds') / steps:>7.2f} {int(run.total('tokens')):>7} "
+            f"{run.rate():>7.1f} {run.rate('loss_tokens'):>12.1f} "
+            f"{run.rate(clock='cpu_seconds'):>9.1f} {pad:>6.1f}  {settings_text(run.info)}"
+        )
     print()
     print("tok/s: non-pad tokens per wall-clock second (the measure the targets use); tok/cpu-s:")
     print("per second of CPU time of the run's own process, which other load on a shared machine")
@@ -415,24 +231,40 @@ def report(runs: list[Run], args: argparse.Namespace, data_text: str) -> bool:
     met = True
     for (name, target), other in zip(targets, bare, strict=False):
         ratio = service.rate() / other.rate() if other.rate() else float("inf")
-        cpu_ratio = (service.rate(clock="cpu_seconds") / other.rate(clock="cpu_seconds")
-                     if other.rate(clock="cpu_seconds") else float("inf"))
+        cpu_ratio = (
+            service.rate(clock="cpu_seconds") / other.rate(clock="cpu_seconds")
+            if other.rate(clock="cpu_seconds")
+            else float("inf")
+        )
         per_step = step_ratios(service, other)
-        spread = (f"; per round: median {statistics.median(per_step):.2f}, "
-                  f"range {min(per_step):.2f}-{max(per_step):.2f}") if per_step else ""
+        spread = (
+            (
+                f"; per round: median {statistics.median(per_step):.2f}, "
+                f"range {min(per_step):.2f}-{max(per_step):.2f}"
+            )
+            if per_step
+            else ""
+        )
         ok = ratio >= target
         met &= ok
-        print(f"{name}: {service.label} / {other.label} = {ratio:.2f}x tokens/s, "
-              f"target >= {target}x: {'MET' if ok else 'NOT MET'} "
-              f"(by CPU time {cpu_ratio:.2f}x{spread})")
+        print(
+            f"{name}: {service.label} / {other.label} = {ratio:.2f}x tokens/s, "
+            f"target >= {target}x: {'MET' if ok else 'NOT MET'} "
+            f"(by CPU time {cpu_ratio:.2f}x{spread})"
+        )
     for run in runs[1:]:
         if run.kind != "service":
             continue
         ratio = run.rate() / service.rate() if service.rate() else float("inf")
-        cpu_ratio = (run.rate(clock="cpu_seconds") / service.rate(clock="cpu_seconds")
-                     if service.rate(clock="cpu_seconds") else float("inf"))
-        print(f"variant {run.label}: {ratio:.2f}x the service's tokens/s "
-              f"(by CPU time {cpu_ratio:.2f}x)")
+        cpu_ratio = (
+            run.rate(clock="cpu_seconds") / service.rate(clock="cpu_seconds")
+            if service.rate(clock="cpu_seconds")
+            else float("inf")
+        )
+        print(
+            f"variant {run.label}: {ratio:.2f}x the service's tokens/s "
+            f"(by CPU time {cpu_ratio:.2f}x)"
+        )
     return met
 
 
@@ -443,12 +275,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--model", default="smollm2:135m", help="tag, HF id or local folder")
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"GSM8K-style JSONL (question/answer); default {GSM8K} if present")
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=JSON",
-                        help="an extra service run with changed settings (see the docstring)")
-    parser.add_argument("--no-bare", action="store_true",
-                        help="run only the service and its --variant runs (A/B work)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"GSM8K-style JSONL (question/answer); default {GSM8K} if present",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="an extra service run with changed settings (see the docstring)",
+    )
+    parser.add_argument(
+        "--no-bare",
+        action="store_true",
+        help="run only the service and its --variant runs (A/B work)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser.parse_args(argv)
 
@@ -475,20 +319,28 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(Run(label, "service", json.loads(payload)))
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as workdir:
         train_path, val_path = Path(workdir) / "train.jsonl", Path(workdir) / "val.jsonl"
-        write_jsonl(examples[:VAL_EXAMPLES * -1], train_path)
+        write_jsonl(examples[: VAL_EXAMPLES * -1], train_path)
         write_jsonl(examples[-VAL_EXAMPLES:], val_path)
         spec = {
-            "model_path": str(model_path), "train_path": str(train_path),
-            "val_path": str(val_path), "batch_size": args.batch_size, "max_len": args.max_len,
-            "max_steps": rounds + 1, "workdir": workdir,
+            "model_path": str(model_path),
+            "train_path": str(train_path),
+            "val_path": str(val_path),
+            "batch_size": args.batch_size,
+            "max_len": args.max_len,
+            "max_steps": rounds + 1,
+            "workdir": workdir,
         }
-        print(f"starting {len(runs)} runs ({', '.join(r.label for r in runs)}) on {model_path}",
-              flush=True)
+        print(
+            f"starting {len(runs)} runs ({', '.join(r.label for r in runs)}) on {model_path}",
+            flush=True,
+        )
         started = time.monotonic()
         try:
             start(runs, spec)
-            print(f"  all loaded in {time.monotonic() - started:.0f} s; taking turns, one step "
-                  "each", flush=True)
+            print(
+                f"  all loaded in {time.monotonic() - started:.0f} s; taking turns, one step each",
+                flush=True,
+            )
             take_turns(runs, rounds, args.warmup)
         finally:
             stop(runs)
