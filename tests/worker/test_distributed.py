@@ -4,15 +4,23 @@ only rank 0 writes the adapter, and cancel stops every rank."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from shared.errors import BackendUnavailableError, CancelledError
+from shared.errors import BackendUnavailableError, CancelledError, PipelineError
 from shared.events import ProgressEvent
 from shared.settings import Settings
 from tests.worker.conftest import tiny_job
-from worker.training.distributed import job_from_dict, job_to_dict, run_distributed
+from worker.training.distributed import (
+    job_from_dict,
+    job_to_dict,
+    run_distributed,
+    torchrun_command,
+)
 from worker.training.job import TrainJob
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,3 +79,48 @@ def test_only_trl_runs_distributed(settings: Settings, tiny_model: Path, export_
     job = _job(settings, tiny_model, export_dir, [], backend="axolotl")
     with pytest.raises(BackendUnavailableError, match="FINETUNE_NPROC=2 runs the trl backend"):
         run_distributed(job, nproc=2)
+
+
+def test_the_ranks_meet_on_loopback_not_the_hostname(tmp_path: Path) -> None:
+    # A hostname the sandbox cannot resolve made the ranks hang (or exit 1) on the rendezvous.
+    command = torchrun_command(2, tmp_path / "job.json", tmp_path / "result.json")
+    assert "--local-addr=127.0.0.1" in command and "--standalone" in command
+
+
+def test_a_rank_that_raises_names_the_exception_in_the_failure(
+    settings: Settings, tiny_model: Path, export_dir: Path
+) -> None:
+    job = _job(settings, tiny_model, export_dir, [])
+    job.train_path.write_text("this is not JSON lines\n")
+    with pytest.raises(PipelineError) as failure:
+        run_distributed(job, nproc=2)
+    assert failure.value.code == "GENERAL"
+    assert "Error" in failure.value.message.split(":")[0]  # the rank's exception type, e.g. ...
+
+
+def test_a_rank_killed_by_a_signal_reports_the_last_log_lines(
+    settings: Settings, tiny_model: Path, export_dir: Path
+) -> None:
+    events: list[ProgressEvent] = []
+    job = _job(settings, tiny_model, export_dir, events, maxSteps=500, evalSteps=1000)
+    killed: list[int] = []
+
+    def kill_rank_zero_once_training() -> bool:
+        if not killed and any(e.type == "progress" for e in events):
+            killed.append(_rank_pid(0))
+            os.kill(killed[0], signal.SIGKILL)  # as the kernel's OOM killer would: no error event
+        return False
+
+    job.should_cancel = kill_rank_zero_once_training
+    with pytest.raises(PipelineError, match="exited with code") as failure:
+        run_distributed(job, nproc=2)
+    assert "Its last lines:" in failure.value.message and "SIGKILL" in failure.value.message
+
+
+def _rank_pid(rank: int) -> int:
+    found = subprocess.run(["pgrep", "-f", "worker.training.distributed"], capture_output=True)
+    for pid in found.stdout.split():
+        environ = Path(f"/proc/{int(pid)}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no rank {rank} among {found.stdout!r}")

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ ERRORS: dict[str, type[PipelineError]] = {
     "BACKEND_UNAVAILABLE": BackendUnavailableError,
 }
 POLL_SECONDS = 0.5
+LOOPBACK = "127.0.0.1"
+TAIL_LINES = 20
+TAIL_CHARS = 2000
 STOP_GRACE_SECONDS = 30
 PATH_FIELDS = ("model_path", "train_path", "val_path", "adapter_dir", "checkpoint_dir")
 
@@ -89,11 +94,7 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
     job_file, result_file = work / "distributed-job.json", work / "distributed-result.json"
     result_file.unlink(missing_ok=True)
     write_json_atomic(job_file, job_to_dict(job))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "worker.training.distributed",
-        str(job_file), str(result_file),
-    ]  # fmt: skip
+    command = torchrun_command(nproc, job_file, result_file)
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -101,9 +102,9 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
         text=True,
         start_new_session=True,  # one process group: a cancel stops every rank
     )
-    errors: list[dict[str, Any]] = []
+    output = RankOutput()
     reader = threading.Thread(
-        target=_relay, args=(process.stdout, job.emitter, errors), daemon=True
+        target=_relay, args=(process.stdout, job.emitter, output), daemon=True
     )
     reader.start()
     try:
@@ -117,12 +118,31 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
         raise
     reader.join(timeout=10)
     if process.returncode != 0 or not result_file.is_file():
-        raise _failure(process.returncode, errors)
+        raise _failure(process.returncode, output)
     result = json.loads(result_file.read_text())
     return TrainResult(result["backend"], result["metrics"], result["hyperparameters"])
 
 
-def _relay(stream: Any, emitter: Emitter, errors: list[dict[str, Any]]) -> None:
+def torchrun_command(nproc: int, job_file: Path, result_file: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        # One machine: the ranks meet on loopback. Else the store address is the host's FQDN,
+        # which a sandbox or container may not resolve (the ranks then hang or exit 1).
+        f"--local-addr={LOOPBACK}", f"--nproc_per_node={nproc}",
+        "-m", "worker.training.distributed", str(job_file), str(result_file),
+    ]  # fmt: skip
+
+
+@dataclass
+class RankOutput:
+    """What the ranks printed besides events: their error events, and the last log lines for
+    the failure message when a rank dies without one (a traceback, a signal)."""
+
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+
+
+def _relay(stream: Any, emitter: Emitter, output: RankOutput) -> None:
     """Rank 0's JSON events to the parent's sinks; anything else is log output."""
     for line in stream:
         text = line.rstrip("\n")
@@ -133,9 +153,10 @@ def _relay(stream: Any, emitter: Emitter, errors: list[dict[str, Any]]) -> None:
         if not isinstance(data, dict) or "type" not in data:
             if text:
                 log.info("[ranks] %s", text)
+                output.tail.append(text)
             continue
         if data["type"] == "error":
-            errors.append(data)
+            output.errors.append(data)
             continue  # the parent raises it; the pipeline emits the one error event
         event = ProgressEvent.from_dict(data)
         fields = {k: v for k, v in event.to_dict().items() if k not in ("type", "run_id")}
@@ -155,16 +176,17 @@ def _stop(process: subprocess.Popen) -> None:
         pass
 
 
-def _failure(returncode: int, errors: list[dict[str, Any]]) -> PipelineError:
-    if errors:
-        error = errors[0]
+def _failure(returncode: int, output: RankOutput) -> PipelineError:
+    if output.errors:
+        error = output.errors[0]
         kind = ERRORS.get(error.get("code", ""), PipelineError)
         if kind is OutOfMemoryError:
             return OutOfMemoryError(error.get("message", "out of memory"))
         return kind(error.get("message", "distributed training failed"))
+    last = "\n".join(output.tail)[-TAIL_CHARS:]
     return PipelineError(
         f"distributed training exited with code {returncode} before finishing; "
-        "the run log has every rank's output"
+        f"the run log has every rank's output. Its last lines:\n{last}"
     )
 
 
@@ -183,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             emitter.emit("error", code=exc.code, message=exc.message, suggestion=exc.suggestion)
         return int(exc.exit_code)
+    except Exception as exc:
+        if rank == 0:  # the parent's failure names it; the traceback stays in the run log
+            emitter.emit("error", code=PipelineError.code, message=f"{type(exc).__name__}: {exc}")
+        raise
     if rank == 0:
         write_json_atomic(
             Path(result_file),
