@@ -100,6 +100,8 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # gloo's own sockets on loopback too (one machine), unless the operator chose one.
+        env={"GLOO_SOCKET_IFNAME": "lo", **os.environ},
         start_new_session=True,  # one process group: a cancel stops every rank
     )
     output = RankOutput()
