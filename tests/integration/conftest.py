@@ -155,9 +155,12 @@ class EventLog:
         self.thread.start()
 
     def _pump(self) -> None:
-        for message in self.pubsub.listen():
-            if message["type"] == "pmessage":
-                self.all_events.append(json.loads(message["data"]))
+        try:
+            for message in self.pubsub.listen():
+                if message["type"] == "pmessage":
+                    self.all_events.append(json.loads(message["data"]))
+        except (redis.ConnectionError, ValueError):
+            return  # the test's Redis went away (a restart test, or the session's end)
 
     @property
     def events(self) -> list[dict]:
