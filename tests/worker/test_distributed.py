@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from shared.errors import BackendUnavailableError, CancelledError, PipelineError
 from shared.events import ProgressEvent
 from shared.settings import Settings
 from tests.worker.conftest import tiny_job
+from worker.training.callbacks import HANG_HOOK_ENV
 from worker.training.distributed import (
     job_from_dict,
     job_to_dict,
@@ -115,6 +118,62 @@ def test_a_rank_killed_by_a_signal_reports_the_last_log_lines(
     with pytest.raises(PipelineError, match="exited with code") as failure:
         run_distributed(job, nproc=2)
     assert "Its last lines:" in failure.value.message and "SIGKILL" in failure.value.message
+
+
+SUPERVISOR = """
+import json, sys
+from shared.events import Emitter, stdout_sink
+from worker.training.distributed import job_from_dict, run_distributed
+job = job_from_dict(json.load(open(sys.argv[1])), Emitter("run_ddp001", [stdout_sink()]))
+run_distributed(job, nproc=2)
+"""
+
+
+def test_the_ranks_stop_when_their_supervising_worker_is_killed(
+    settings: Settings, tiny_model: Path, export_dir: Path, tmp_path: Path
+) -> None:
+    # The watchdog SIGKILLs a hung task's process; torchrun's group must not hang on orphaned.
+    job = _job(settings, tiny_model, export_dir, [], maxSteps=500, evalSteps=1000)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job_to_dict(job)))
+    hung = {**os.environ, HANG_HOOK_ENV: "1"}  # silent ranks: no broken pipe will stop them
+    supervisor = subprocess.Popen(
+        [sys.executable, "-u", "-c", SUPERVISOR, str(job_file)], env=hung, stdout=subprocess.PIPE
+    )
+    try:
+        for line in supervisor.stdout:
+            if b'"training_start"' in line:
+                break
+        time.sleep(2)  # step 1 (a tiny model) ends: the ranks hang silently from here on
+        ranks = _rank_pids()
+        assert len(ranks) == 2
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and any(_alive(pid) for pid in ranks):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in ranks), "ranks outlived their killed supervisor"
+    finally:
+        supervisor.kill()
+        for pid in _rank_pids():
+            os.kill(pid, signal.SIGKILL)
+
+
+def _rank_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "worker.training.distributed"], capture_output=True)
+    return [
+        int(pid)
+        for pid in found.stdout.split()
+        if b"LOCAL_RANK=" in Path(f"/proc/{int(pid)}/environ").read_bytes()
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _rank_pid(rank: int) -> int:

@@ -40,6 +40,7 @@ from shared.errors import (
 from shared.events import Emitter, ProgressEvent, stdout_sink
 from shared.fsutil import write_json_atomic
 from worker.training.job import TrainJob, TrainResult, resolve_backend
+from worker.training.lifeline import child_env
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
         stderr=subprocess.STDOUT,
         text=True,
         # gloo's own sockets on loopback too (one machine), unless the operator chose one.
-        env={"GLOO_SOCKET_IFNAME": "lo", **os.environ},
+        env=child_env({"GLOO_SOCKET_IFNAME": "lo", **os.environ}),
         start_new_session=True,  # one process group: a cancel stops every rank
     )
     output = RankOutput()
@@ -127,7 +128,8 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
 
 def torchrun_command(nproc: int, job_file: Path, result_file: Path) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        # torchrun bound to this process: SIGTERM (it stops its ranks) if this worker dies.
+        sys.executable, "-m", "worker.training.lifeline", "torch.distributed.run", "--standalone",
         # One machine: the ranks meet on loopback. Else the store address is the host's FQDN,
         # which a sandbox or container may not resolve (the ranks then hang or exit 1).
         f"--local-addr={LOOPBACK}", f"--nproc_per_node={nproc}",

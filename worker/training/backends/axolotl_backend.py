@@ -30,6 +30,7 @@ from shared.errors import CancelledError, OutOfMemoryError, PipelineError
 from worker.training.backends import axolotl_config
 from worker.training.backends.axolotl_helper import EVENTS_ENV
 from worker.training.job import TrainJob, TrainResult
+from worker.training.lifeline import child_env
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def train(job: TrainJob) -> TrainResult:
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=child_env(env),  # the helper exits if this worker process is killed
             cwd=work,
             start_new_session=True,  # its own process group: cancel reaches accelerate's child
         )

@@ -15,8 +15,11 @@ The trainer-side plugin lives in axolotl_plugin.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
+
+from worker.training.lifeline import exit_with_parent
 
 EVENTS_ENV = "TMDE_AXOLOTL_EVENTS"
 INVALID_EXIT = 2
@@ -57,6 +60,7 @@ def main(argv: list[str]) -> int:
     if errors:
         return INVALID_EXIT
     if argv[0] == "train":
+        exit_with_parent(signal.SIGKILL)  # it trains in this process: no one else to stop
         # `python -m axolotl.cli.train CFG` in this process: one interpreter start and one
         # import of Axolotl (~15 s on a small CPU) serve both validation and training.
         from axolotl.cli.train import do_cli
