@@ -2,7 +2,7 @@
 
     tmde-finetune adapters list                      id, created, val loss, tags, active mark
     tmde-finetune adapters show ID | active          the manifest (JSON)
-    tmde-finetune adapters activate ID [--reason R]
+    tmde-finetune adapters activate ID [--reason R]   then, with OLLAMA_EXPORT=true, its GGUF
     tmde-finetune adapters rollback [--reason R]
     tmde-finetune adapters tag ID [TAG ...]          replace the tags (none: clear them)
     tmde-finetune adapters delete ID                 refused for the active adapter
@@ -50,16 +50,44 @@ def _show(registry: AdapterRegistry, args: argparse.Namespace) -> None:
 
 
 def _export_gguf(registry: AdapterRegistry, args: argparse.Namespace) -> None:
+    _print(_export(args.settings, args.id))
+
+
+def _export(settings: Settings, adapter_id: str) -> dict[str, Any]:
+    from shared.errors import PipelineError
     from worker.delivery import export_gguf
 
-    _print(export_gguf(args.settings, args.id))
+    try:
+        return export_gguf(settings, adapter_id)
+    except (PipelineError, ValueError, OSError) as exc:  # a missing base model, a bad adapter
+        raise ExportFailedError(f"GGUF export of {adapter_id} failed: {exc}") from exc
+
+
+def _changed(registry: AdapterRegistry, args: argparse.Namespace, state: dict[str, Any]) -> None:
+    """Print the new state; with OLLAMA_EXPORT=true, export the now active adapter first (the
+    API queues the same export on the train queue; the CLI does it in this process)."""
+    active = state.get("adapterId")
+    if not (args.settings.ollama_export and active):
+        return _print(state)
+    try:
+        _print({**state, "export": _export(args.settings, active)})
+    except ExportFailedError as exc:
+        _print(state)  # the activation stands
+        raise ExportFailedError(
+            f"{active} is active, but {exc.message}; "
+            f"retry with `tmde-finetune adapters export-gguf {active}`"
+        ) from exc
+
+
+class ExportFailedError(AdapterError):
+    code = "EXPORT_FAILED"
 
 
 HANDLERS: dict[str, Handler] = {
     "list": _table,
     "show": _show,
-    "activate": lambda r, a: _print(r.activate(a.id, reason=a.reason)),
-    "rollback": lambda r, a: _print(r.rollback(reason=a.reason)),
+    "activate": lambda r, a: _changed(r, a, r.activate(a.id, reason=a.reason)),
+    "rollback": lambda r, a: _changed(r, a, r.rollback(reason=a.reason)),
     "tag": lambda r, a: _print(r.set_tags(a.id, a.tags)),
     "delete": lambda r, a: print(f"deleted {a.id}") if r.delete(a.id) is None else None,
     "verify": lambda r, a: print(f"{a.id}: ok (sha256 {r.verify(a.id)['sha256']})"),

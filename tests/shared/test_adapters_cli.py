@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,40 @@ def test_errors_exit_nonzero_with_a_message(
     run(capsys, "activate", IDS[0])
     code, _, err = run(capsys, "delete", IDS[0])
     assert code == 1 and "active adapter" in err
+
+
+def test_activation_with_ollama_export_writes_the_gguf_in_process(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # noqa: ANN001
+    from tests.worker.test_gguf_export import write_adapter, write_base_config
+    from worker.training.artifacts import publish
+
+    monkeypatch.setenv("LORA_OUTPUT_DIR", str(settings.lora_output_dir))
+    monkeypatch.setenv("OLLAMA_EXPORT", "true")
+    base = write_base_config(tmp_path / "base")
+    staging = tmp_path / "staging"
+    write_adapter(staging)
+    manifest = {"id": "run_gguf01", "baseModel": str(base), "isActive": False, "tags": []}
+    publish(staging, settings.lora_output_dir / "run_gguf01", manifest)
+
+    code, out, _ = run(capsys, "activate", "run_gguf01")
+    printed = json.loads(out)
+    assert code == 0 and printed["adapterId"] == "run_gguf01"
+    assert Path(printed["export"]["path"]).is_file()
+    shown = json.loads(run(capsys, "show", "run_gguf01")[1])
+    assert shown["exports"]["gguf"]["path"] == printed["export"]["path"]
+
+
+def test_a_failed_export_keeps_the_activation_and_says_how_to_retry(
+    env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OLLAMA_EXPORT", "true")
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(env.model_cache_dir))
+    manifest = env.lora_output_dir / IDS[0] / "manifest.json"
+    sealed = json.loads(manifest.read_text())
+    # a base model that is not there: the export, not the activation, fails
+    manifest.write_text(json.dumps({**sealed, "baseModel": str(env.lora_output_dir / "gone")}))
+    code, out, err = run(capsys, "activate", IDS[0])
+    assert code == 1 and json.loads(out)["adapterId"] == IDS[0]
+    assert "is active, but GGUF export" in err and f"export-gguf {IDS[0]}" in err
+    assert json.loads(run(capsys, "show", "active")[1])["adapterId"] == IDS[0]
