@@ -11,7 +11,7 @@ Only rank 0 publishes events and writes artifacts: Trainer saves checkpoints on 
 process, and the backend saves the adapter only there. Data is sharded by Trainer's
 distributed sampler, so each optimizer step covers N micro-batches.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 \\
+    python -m torch.distributed.run --standalone --local-addr 127.0.0.1 --nproc_per_node 2 \\
         -m worker.training.distributed JOB.json RESULT.json
 """
 
