@@ -57,7 +57,7 @@ def test_events_artifacts_and_manifest(
     assert m["total_steps"] == 4 and m["final_train_loss"] == progress[-1].loss
     assert m["best_val_loss"] == min(e.eval_loss for e in events if e.type == "eval")
     assert m["train_tokens"] > 0 and m["tokens_per_second"] > 0
-    assert m["device"] == "cpu" and m["training_time_seconds"] > 0
+    assert m["device"] == "cpu" and m["training_time_seconds"] > 0 and m["peak_ram_gb"] > 0
     assert result.hyperparameters["backend"] == backend
 
     write_training_files(job.adapter_dir, result.hyperparameters, result.metrics)
