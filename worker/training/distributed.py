@@ -4,7 +4,7 @@ ranks of the `trl` backend (DDP; NCCL on GPUs, gloo on CPUs) and stays their sup
     parent (the Celery task)                       ranks (torchrun --nproc_per_node N)
     run_distributed(job, N)  ── job.json ──▶        main(): TrainJob from job.json, train
       re-emits rank 0's events (Redis, DB, log) ◀── stdout: rank 0's events as JSON lines
-      polls cancel; SIGTERM to the whole group      ranks > 0 emit nothing: no duplicates
+      polls cancel; SIGTERM to the whole group      ranks > 0 print only their error
       reads result.json                     ◀──     rank 0 writes it (metrics, arguments)
 
 Only rank 0 publishes events and writes artifacts: Trainer saves checkpoints on the main
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,7 +53,12 @@ ERRORS: dict[str, type[PipelineError]] = {
 }
 POLL_SECONDS = 0.5
 LOOPBACK = "127.0.0.1"
-TAIL_LINES = 20
+TAIL_LINES = 40
+# torchrun's failure summary: "rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 42)"
+ROOT_CAUSE = "Root Cause (first observed failure):"
+KILLED_RANK = re.compile(
+    r"rank\s*:\s*(?P<rank>\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*-(?P<signal>\d+)"
+)
 TAIL_CHARS = 2000
 STOP_GRACE_SECONDS = 30
 PATH_FIELDS = ("model_path", "train_path", "val_path", "adapter_dir", "checkpoint_dir")
@@ -181,6 +187,13 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _failure(returncode: int, output: RankOutput) -> PipelineError:
+    killed = _killed_rank(output)
+    if killed:  # the root cause: the other ranks' errors are only its echo
+        return PipelineError(
+            f"rank {killed[0]} of the distributed run was killed by {killed[1]} "
+            "(SIGKILL without a cause in the log: most often the kernel's OOM killer)",
+            suggestion="Reduce batch_size or maxSeqLen, or give the worker more memory",
+        )
     if output.errors:
         error = output.errors[0]
         kind = ERRORS.get(error.get("code", ""), PipelineError)
@@ -194,6 +207,20 @@ def _failure(returncode: int, output: RankOutput) -> PipelineError:
     )
 
 
+def _killed_rank(output: RankOutput) -> tuple[int, str] | None:
+    """(rank, signal name) from torchrun's failure summary, when a rank died of a signal."""
+    text = "\n".join(output.tail)
+    # Only the root cause: the ranks torchrun stopped after it are listed too (SIGTERM).
+    found = KILLED_RANK.search(text, text.rfind(ROOT_CAUSE) if ROOT_CAUSE in text else len(text))
+    if not found:
+        return None
+    number = int(found["signal"])
+    try:
+        return int(found["rank"]), signal.Signals(number).name
+    except ValueError:
+        return int(found["rank"]), f"signal {number}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """One rank: train, and on rank 0 report events on stdout and write the result."""
     from worker.training.job import run_backend
@@ -203,15 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     emitter = Emitter(None, [stdout_sink()] if rank == 0 else [])
     job = job_from_dict(json.loads(Path(job_file).read_text()), emitter)
     emitter.run_id = job.run_id
+    # Every rank reports its own failure: the first one printed is the cause (the others'
+    # are its echo, a peer's closed connection), and the parent raises it.
+    errors = Emitter(job.run_id, [stdout_sink()])
+    where = f"rank {rank}: " if rank else ""
     try:
         result = run_backend(job)
     except PipelineError as exc:
-        if rank == 0:
-            emitter.emit("error", code=exc.code, message=exc.message, suggestion=exc.suggestion)
+        errors.emit("error", code=exc.code, message=where + exc.message, suggestion=exc.suggestion)
         return int(exc.exit_code)
-    except Exception as exc:
-        if rank == 0:  # the parent's failure names it; the traceback stays in the run log
-            emitter.emit("error", code=PipelineError.code, message=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the traceback stays in the run log
+        errors.emit("error", code=PipelineError.code, message=f"{where}{type(exc).__name__}: {exc}")
         raise
     if rank == 0:
         write_json_atomic(
