@@ -20,6 +20,8 @@ from shared.settings import Settings
 from tests.worker.conftest import tiny_job
 from worker.training.callbacks import HANG_HOOK_ENV
 from worker.training.distributed import (
+    RankOutput,
+    _failure,
     job_from_dict,
     job_to_dict,
     run_distributed,
@@ -187,3 +189,34 @@ def _rank_pid(rank: int) -> int:
         if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
             return int(pid)
     raise AssertionError(f"no rank {rank} among {found.stdout!r}")
+
+
+TORCHRUN_SUMMARY = """worker.training.distributed FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-11-30_00:20:01
+  host      : vm
+  rank      : 1 (local_rank: 1)
+  exitcode  : -15 (pid: 41) (SIGTERM)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 41
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-30_00:20:00
+  host      : vm
+  rank      : 0 (local_rank: 0)
+  exitcode  : -11 (pid: 40) (SIGSEGV)
+  error_file: <N/A>
+  traceback : Signal 11 (SIGSEGV) received by PID 40"""
+
+
+def test_the_root_cause_signal_is_read_from_torchruns_summary() -> None:
+    output = RankOutput()
+    output.errors.append({"type": "error", "code": "GENERAL", "message": "rank 1: RuntimeError"})
+    output.tail.extend(TORCHRUN_SUMMARY.splitlines())
+    failure = _failure(1, output)
+    assert failure.message == "rank 0 of the distributed run was killed by SIGSEGV"
+    output.tail.clear()  # no summary: the first rank's own error
+    assert _failure(1, output).message == "rank 1: RuntimeError"

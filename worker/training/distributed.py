@@ -54,12 +54,12 @@ ERRORS: dict[str, type[PipelineError]] = {
 POLL_SECONDS = 0.5
 LOOPBACK = "127.0.0.1"
 TAIL_LINES = 40
+TAIL_CHARS = 2000
 # torchrun's failure summary: "rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 42)"
 ROOT_CAUSE = "Root Cause (first observed failure):"
 KILLED_RANK = re.compile(
     r"rank\s*:\s*(?P<rank>\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*-(?P<signal>\d+)"
 )
-TAIL_CHARS = 2000
 STOP_GRACE_SECONDS = 30
 PATH_FIELDS = ("model_path", "train_path", "val_path", "adapter_dir", "checkpoint_dir")
 
@@ -189,9 +189,12 @@ def _stop(process: subprocess.Popen) -> None:
 def _failure(returncode: int, output: RankOutput) -> PipelineError:
     killed = _killed_rank(output)
     if killed:  # the root cause: the other ranks' errors are only its echo
+        rank, name = killed
+        if name != "SIGKILL":
+            return PipelineError(f"rank {rank} of the distributed run was killed by {name}")
         return PipelineError(
-            f"rank {killed[0]} of the distributed run was killed by {killed[1]} "
-            "(SIGKILL without a cause in the log: most often the kernel's OOM killer)",
+            f"rank {rank} of the distributed run was killed by SIGKILL "
+            "(without a cause in the log: most often the kernel's OOM killer)",
             suggestion="Reduce batch_size or maxSeqLen, or give the worker more memory",
         )
     if output.errors:
