@@ -17,6 +17,7 @@ import pytest
 from shared.errors import BackendUnavailableError, CancelledError, PipelineError
 from shared.events import ProgressEvent
 from shared.settings import Settings
+from tests.processes import environ, pids_matching, wait_gone
 from tests.worker.conftest import tiny_job
 from worker.training.callbacks import HANG_HOOK_ENV
 from worker.training.distributed import (
@@ -114,7 +115,7 @@ def test_a_rank_killed_by_a_signal_is_named_as_the_cause(
 
     def kill_rank_zero_once_training() -> bool:
         if not killed and any(e.type == "progress" for e in events):
-            killed.append(_rank_pid(0))
+            killed.append(_rank_pids()[0])
             os.kill(killed[0], signal.SIGKILL)  # as the kernel's OOM killer would: no error event
         return False
 
@@ -151,44 +152,25 @@ def test_the_ranks_stop_when_their_supervising_worker_is_killed(
             if b'"training_start"' in line:
                 break
         time.sleep(2)  # step 1 (a tiny model) ends: the ranks hang silently from here on
-        ranks = _rank_pids()
+        ranks = list(_rank_pids().values())
         assert len(ranks) == 2
         supervisor.kill()
         supervisor.wait()
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline and any(_alive(pid) for pid in ranks):
-            time.sleep(0.2)
-        assert not any(_alive(pid) for pid in ranks), "ranks outlived their killed supervisor"
+        assert wait_gone(ranks, 45), "ranks outlived their killed supervisor"
     finally:
         supervisor.kill()
-        for pid in _rank_pids():
+        for pid in _rank_pids().values():
             os.kill(pid, signal.SIGKILL)
 
 
-def _rank_pids() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "worker.training.distributed"], capture_output=True)
-    return [
-        int(pid)
-        for pid in found.stdout.split()
-        if b"LOCAL_RANK=" in Path(f"/proc/{int(pid)}/environ").read_bytes()
-    ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _rank_pid(rank: int) -> int:
-    found = subprocess.run(["pgrep", "-f", "worker.training.distributed"], capture_output=True)
-    for pid in found.stdout.split():
-        environ = Path(f"/proc/{int(pid)}/environ").read_bytes().split(b"\0")
-        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
-            return int(pid)
-    raise AssertionError(f"no rank {rank} among {found.stdout!r}")
+def _rank_pids() -> dict[int, int]:
+    """{rank: pid} of the running ranks (torchrun's agent has no LOCAL_RANK)."""
+    ranks = {}
+    for pid in pids_matching("worker.training.distributed"):
+        for entry in environ(pid):
+            if entry.startswith(b"LOCAL_RANK="):
+                ranks[int(entry.split(b"=")[1])] = pid
+    return ranks
 
 
 TORCHRUN_SUMMARY = """worker.training.distributed FAILED

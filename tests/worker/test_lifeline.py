@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from tests.processes import alive, wait_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
@@ -27,32 +28,14 @@ child.wait()
 SLEEPER = ["timeit", "-n", "1", "-r", "1", "import time; time.sleep(300)"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return status != "Z"
-
-
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_bound_child_exits_when_its_parent_is_killed() -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, *SLEEPER], stdout=subprocess.PIPE)
     child = int(parent.stdout.readline())
     time.sleep(1)  # the child is past its prctl and sleeping
-    assert _alive(child)
+    assert alive(child)
     parent.kill()
     parent.wait()
-    assert _wait_gone(child, 10), "the child outlived its killed parent"
+    assert wait_gone([child], 10), "the child outlived its killed parent"
 
 
 def test_without_the_lifeline_a_new_session_child_is_orphaned() -> None:
@@ -65,6 +48,6 @@ def test_without_the_lifeline_a_new_session_child_is_orphaned() -> None:
     try:
         parent.kill()
         parent.wait()
-        assert not _wait_gone(child, 3)
+        assert not wait_gone([child], 3)
     finally:
         os.kill(child, signal.SIGKILL)

@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.processes import pids_matching, wait_gone
 from worker.training.callbacks import HANG_HOOK_ENV
 from worker.training.distributed import job_to_dict
 
@@ -27,19 +27,6 @@ job.python_path = sys.executable
 run_backend(job)
 """
 HELPER = "worker.training.backends.axolotl_helper train"
-
-
-def _helper_pids() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", HELPER], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_the_axolotl_helper_stops_when_its_worker_process_is_killed(
@@ -58,15 +45,12 @@ def test_the_axolotl_helper_stops_when_its_worker_process_is_killed(
         for line in supervisor.stdout:
             if b'"progress"' in line:
                 break
-        helpers = _helper_pids()
+        helpers = pids_matching(HELPER)
         assert helpers, "no Axolotl helper running"
         supervisor.kill()
         supervisor.wait()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
-            time.sleep(0.2)
-        assert not any(_alive(pid) for pid in helpers), "the helper outlived its killed worker"
+        assert wait_gone(helpers, 30), "the helper outlived its killed worker"
     finally:
         supervisor.kill()
-        for pid in _helper_pids():
+        for pid in pids_matching(HELPER):
             os.kill(pid, signal.SIGKILL)
