@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from shared.errors import PipelineError
 from shared.registry import AdapterError, AdapterNotFoundError, AdapterRegistry
 from shared.settings import Settings
 
@@ -54,8 +55,7 @@ def _export_gguf(registry: AdapterRegistry, args: argparse.Namespace) -> None:
 
 
 def _export(settings: Settings, adapter_id: str) -> dict[str, Any]:
-    from shared.errors import PipelineError
-    from worker.delivery import export_gguf
+    from worker.delivery import export_gguf  # torch and gguf: only when exporting
 
     try:
         return export_gguf(settings, adapter_id)
@@ -63,7 +63,7 @@ def _export(settings: Settings, adapter_id: str) -> dict[str, Any]:
         raise ExportFailedError(f"GGUF export of {adapter_id} failed: {exc}") from exc
 
 
-def _changed(registry: AdapterRegistry, args: argparse.Namespace, state: dict[str, Any]) -> None:
+def _changed(args: argparse.Namespace, state: dict[str, Any]) -> None:
     """Print the new state; with OLLAMA_EXPORT=true, export the now active adapter first (the
     API queues the same export on the train queue; the CLI does it in this process)."""
     active = state.get("adapterId")
@@ -86,8 +86,8 @@ class ExportFailedError(AdapterError):
 HANDLERS: dict[str, Handler] = {
     "list": _table,
     "show": _show,
-    "activate": lambda r, a: _changed(r, a, r.activate(a.id, reason=a.reason)),
-    "rollback": lambda r, a: _changed(r, a, r.rollback(reason=a.reason)),
+    "activate": lambda r, a: _changed(a, r.activate(a.id, reason=a.reason)),
+    "rollback": lambda r, a: _changed(a, r.rollback(reason=a.reason)),
     "tag": lambda r, a: _print(r.set_tags(a.id, a.tags)),
     "delete": lambda r, a: print(f"deleted {a.id}") if r.delete(a.id) is None else None,
     "verify": lambda r, a: print(f"{a.id}: ok (sha256 {r.verify(a.id)['sha256']})"),

@@ -56,7 +56,7 @@ def insert_run(manager: FineTuneManager, status: str, **values: Any) -> str:
 
 
 def next_message(pubsub: Any, timeout: float = 2.0) -> dict | None:
-
+    """The next published message (redis-py answers None for an ignored subscribe reply)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.1)

@@ -6,9 +6,7 @@ import io
 import json
 import logging
 import re
-import time
 from pathlib import Path
-from typing import Any
 
 import fakeredis
 import pytest
@@ -26,21 +24,12 @@ from shared.events import (
     stdout_sink,
 )
 from shared.names import latest_event_key, progress_channel
+from tests.shared.conftest import next_message
 
 
 @pytest.fixture
 def redis_client() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-
-
-def next_message(pubsub: Any, timeout: float = 2.0) -> dict | None:
-    """The next published message (redis-py answers None for an ignored subscribe reply)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=0.1)
-        if message is not None:
-            return message
-    return None
 
 
 # --- schema ------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from shared.events import ProgressEvent
 from shared.settings import Settings
 from tests.processes import environ, pids_matching, wait_gone
 from tests.worker.conftest import tiny_job
-from worker.training.callbacks import HANG_HOOK_ENV
+from tests.worker.supervisor import start_wedged
 from worker.training.distributed import (
     RankOutput,
     _failure,
@@ -127,30 +125,14 @@ def test_a_rank_killed_by_a_signal_is_named_as_the_cause(
     assert "OOM killer" in failure.value.message and "batch_size" in failure.value.suggestion
 
 
-SUPERVISOR = """
-import json, sys
-from shared.events import Emitter, stdout_sink
-from worker.training.distributed import job_from_dict, run_distributed
-job = job_from_dict(json.load(open(sys.argv[1])), Emitter("run_ddp001", [stdout_sink()]))
-run_distributed(job, nproc=2)
-"""
-
-
 def test_the_ranks_stop_when_their_supervising_worker_is_killed(
     settings: Settings, tiny_model: Path, export_dir: Path, tmp_path: Path
 ) -> None:
     # The watchdog SIGKILLs a hung task's process; torchrun's group must not hang on orphaned.
     job = _job(settings, tiny_model, export_dir, [], maxSteps=500, evalSteps=1000)
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(job_to_dict(job)))
-    hung = {**os.environ, HANG_HOOK_ENV: "1"}  # silent ranks: no broken pipe will stop them
-    supervisor = subprocess.Popen(
-        [sys.executable, "-u", "-c", SUPERVISOR, str(job_file)], env=hung, stdout=subprocess.PIPE
-    )
+    # wedged at step 1, silent from then on: no broken pipe will stop the ranks
+    supervisor = start_wedged(job, tmp_path, hang_at_step=1, nproc=2, until="training_start")
     try:
-        for line in supervisor.stdout:
-            if b'"training_start"' in line:
-                break
         time.sleep(2)  # step 1 (a tiny model) ends: the ranks hang silently from here on
         ranks = list(_rank_pids().values())
         assert len(ranks) == 2

@@ -4,28 +4,15 @@ GPU as an orphan. trl and unsloth train in the worker's own process: nothing can
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.processes import pids_matching, wait_gone
-from worker.training.callbacks import HANG_HOOK_ENV
-from worker.training.distributed import job_to_dict
+from tests.worker.supervisor import start_wedged
 
-SUPERVISOR = """
-import json, sys
-from shared.events import Emitter, stdout_sink
-from worker.training.distributed import job_from_dict
-from worker.training.job import run_backend
-job = job_from_dict(json.load(open(sys.argv[1])), Emitter("run_suite", [stdout_sink()]))
-job.python_path = sys.executable
-run_backend(job)
-"""
 HELPER = "worker.training.backends.axolotl_helper train"
 
 
@@ -35,16 +22,9 @@ def test_the_axolotl_helper_stops_when_its_worker_process_is_killed(
     if backend != "axolotl":
         pytest.skip("trl and unsloth train inside the worker process")
     job = make_job([], maxSteps=40, evalSteps=100, saveSteps=100)
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(job_to_dict(job)))
-    hung = {**os.environ, HANG_HOOK_ENV: "2"}  # wedged at step 2: only the watchdog helps
-    supervisor = subprocess.Popen(
-        [sys.executable, "-u", "-c", SUPERVISOR, str(job_file)], env=hung, stdout=subprocess.PIPE
-    )
+    # wedged at step 2, after step 1's event: only the watchdog helps
+    supervisor = start_wedged(job, tmp_path, hang_at_step=2, nproc=1, until="progress")
     try:
-        for line in supervisor.stdout:
-            if b'"progress"' in line:
-                break
         helpers = pids_matching(HELPER)
         assert helpers, "no Axolotl helper running"
         supervisor.kill()
