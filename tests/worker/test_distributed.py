@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from shared.settings import Settings
 from tests.processes import environ, pids_matching, wait_gone
 from tests.worker.conftest import tiny_job
 from tests.worker.supervisor import start_wedged
+from worker.training import distributed
 from worker.training.distributed import (
     RankOutput,
     _failure,
@@ -180,7 +182,47 @@ def test_the_root_cause_signal_is_read_from_torchruns_summary() -> None:
     output = RankOutput()
     output.errors.append({"type": "error", "code": "GENERAL", "message": "rank 1: RuntimeError"})
     output.tail.extend(TORCHRUN_SUMMARY.splitlines())
+    output.tail.appendleft("terminate called after throwing an instance of 'gloo::IoException'")
     failure = _failure(1, output)
-    assert failure.message == "rank 0 of the distributed run was killed by SIGSEGV"
+    assert failure.message.startswith("rank 0 of the distributed run was killed by SIGSEGV; ")
+    assert "gloo::IoException" in failure.message  # the native library's own words
     output.tail.clear()  # no summary: the first rank's own error
     assert _failure(1, output).message == "rank 1: RuntimeError"
+
+
+def test_a_rank_that_dies_after_the_result_is_written_does_not_fail_the_run(
+    settings: Settings,
+    tiny_model: Path,
+    export_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Rank 0 writes the result after every rank's last step: a teardown abort comes later.
+    result = {"backend": "trl", "metrics": {"world_size": 2}, "hyperparameters": {}}
+    teardown_abort = (
+        "import json, os, sys; "
+        f"open(sys.argv[2], 'w').write(json.dumps({result!r})); "
+        "print('terminate called after throwing gloo::IoException', flush=True); os.abort()"
+    )
+
+    def torchrun(nproc: int, job_file: Path, result_file: Path) -> list[str]:
+        return [sys.executable, "-c", teardown_abort, str(job_file), str(result_file)]
+
+    monkeypatch.setattr(distributed, "torchrun_command", torchrun)
+    job = _job(settings, tiny_model, export_dir, [])
+    with caplog.at_level("WARNING", logger=distributed.__name__):
+        assert run_distributed(job, nproc=2).metrics == {"world_size": 2}
+    assert "gloo::IoException" in caplog.text  # logged, not lost
+
+
+def test_a_rank_that_dies_before_the_result_is_written_fails_the_run(
+    settings: Settings, tiny_model: Path, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def torchrun(nproc: int, job_file: Path, result_file: Path) -> list[str]:
+        return [sys.executable, "-c", "print('half way', flush=True); raise SystemExit(3)"]
+
+    monkeypatch.setattr(distributed, "torchrun_command", torchrun)
+    with pytest.raises(PipelineError) as failure:
+        run_distributed(_job(settings, tiny_model, export_dir, []), nproc=2)
+    assert "exited with code 3 before finishing" in failure.value.message
+    assert failure.value.message.endswith("half way")

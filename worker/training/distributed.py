@@ -126,8 +126,15 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
         _stop(process)
         raise
     reader.join(timeout=10)
-    if process.returncode != 0 or not result_file.is_file():
+    if not result_file.is_file():
         raise _failure(process.returncode, output)
+    if process.returncode != 0:  # rank 0 writes the result after every rank's last step
+        log.warning(
+            "a rank failed after the run completed (torchrun exit code %s); the adapter "
+            "and the result are complete. Its last lines:\n%s",
+            process.returncode,
+            _last_lines(output),
+        )
     result = json.loads(result_file.read_text())
     return TrainResult(result["backend"], result["metrics"], result["hyperparameters"])
 
@@ -190,8 +197,11 @@ def _failure(returncode: int, output: RankOutput) -> PipelineError:
     killed = _killed_rank(output)
     if killed:  # the root cause: the other ranks' errors are only its echo
         rank, name = killed
-        if name != "SIGKILL":
-            return PipelineError(f"rank {rank} of the distributed run was killed by {name}")
+        if name != "SIGKILL":  # SIGABRT, SIGSEGV: the native library's message is in the log
+            return PipelineError(
+                f"rank {rank} of the distributed run was killed by {name}; "
+                f"the last lines of the ranks' output:\n{_last_lines(output)}"
+            )
         return PipelineError(
             f"rank {rank} of the distributed run was killed by SIGKILL "
             "(without a cause in the log: most often the kernel's OOM killer)",
@@ -203,11 +213,14 @@ def _failure(returncode: int, output: RankOutput) -> PipelineError:
         if kind is OutOfMemoryError:
             return OutOfMemoryError(error.get("message", "out of memory"))
         return kind(error.get("message", "distributed training failed"))
-    last = "\n".join(output.tail)[-TAIL_CHARS:]
     return PipelineError(
         f"distributed training exited with code {returncode} before finishing; "
-        f"the run log has every rank's output. Its last lines:\n{last}"
+        f"the run log has every rank's output. Its last lines:\n{_last_lines(output)}"
     )
+
+
+def _last_lines(output: RankOutput) -> str:
+    return "\n".join(output.tail)[-TAIL_CHARS:]
 
 
 def _killed_rank(output: RankOutput) -> tuple[int, str] | None:
@@ -245,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the traceback stays in the run log
         errors.emit("error", code=PipelineError.code, message=f"{where}{type(exc).__name__}: {exc}")
         raise
+    _leave_together()
     if rank == 0:
         write_json_atomic(
             Path(result_file),
@@ -255,6 +269,17 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     return 0
+
+
+def _leave_together() -> None:
+    """Wait for every rank (rank 0 saves the adapter after the last step), then close the
+    process group. A rank that exits with the group open races its peers' gloo threads: one
+    sees "Connection closed by peer", throws, and the process aborts (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
