@@ -2,6 +2,7 @@
 
     python bench/api_load.py                        # 200 req/s, SmolLM2-135M, 6 steps
     python bench/api_load.py --rate 100 --steps 4 --seconds 30
+    python bench/api_load.py --worker-cpus 1         # training on CPU 1; API, load on the rest
 
 What it does, all on 127.0.0.1:
 - starts its own redis-server, a SQLite runs database with the demo traces, one Celery worker
@@ -19,7 +20,10 @@ What it does, all on 127.0.0.1:
 Target (issue 7): p99 < 50 ms, zero errors, training tokens/s within 5% of the idle run.
 On a 2-core machine the API, the load generator and training share the same two cores, so
 the training ratio mostly measures CPU contention; on a GPU machine training does not compete
-with the API for its compute.
+with the API for its compute. `--worker-cpus` models that deployment (a worker with CPUs of
+its own, as compose's `cpuset` gives it): the worker and its torch threads run on those CPUs,
+the API and the load generator on the others, and the ratio then measures what the API costs
+training beyond the CPU time it takes (Redis, the database, the progress relay).
 """
 
 from __future__ import annotations
@@ -167,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--model", default="smollm2:135m")
+    parser.add_argument(
+        "--worker-cpus",
+        type=lambda text: {int(cpu) for cpu in text.split(",")},
+        help="CPU ids for the worker (e.g. 1 or 2,3); the API and the load get the others",
+    )
     args = parser.parse_args(argv)
+    worker_cpus, api_cpus = _cpu_split(args.worker_cpus)
 
     from shared import migrate
     from shared.demo import free_port, start_embedded_redis
@@ -182,12 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         redis_process, redis_url = start_embedded_redis(root / "redis")
         port = free_port()
         env = _env(root, redis_url, port)
+        if worker_cpus:
+            env["FINETUNE_TORCH_THREADS"] = str(len(worker_cpus))
+            os.sched_setaffinity(0, api_cpus)  # this process, and so the API it starts
         migrate.upgrade(env["DATABASE_URL"])
         TraceStore(root / "traces.db").add_many(generate(300, seed=7))
         logs = open(root / "processes.log", "w")  # noqa: SIM115 - closed below
         worker = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "worker", "--queues", "export,train"],
             cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, worker_cpus)) if worker_cpus else None,
         )  # fmt: skip
         api = subprocess.Popen(
             [str(Path(sys.executable).with_name("gunicorn")), "--config",
@@ -217,6 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     idle_tps = [run["metrics"]["tokens_per_second"] for run in (idle, after)]
     _report(args, load, elapsed, idle_tps, loaded["metrics"]["tokens_per_second"])
     return 0
+
+
+def _cpu_split(worker_cpus: set[int] | None) -> tuple[set[int], set[int]]:
+    """(the worker's CPUs, everyone else's); both empty without --worker-cpus."""
+    if not worker_cpus:
+        return set(), set()
+    available = os.sched_getaffinity(0)
+    rest = available - worker_cpus
+    if not worker_cpus <= available or not rest:
+        raise SystemExit(
+            f"--worker-cpus {sorted(worker_cpus)}: choose some, not all, of the CPUs this "
+            f"process may use: {sorted(available)}"
+        )
+    return worker_cpus, rest
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -258,6 +286,8 @@ def _report(args, load: Load, elapsed: float, idle: list[float], loaded_tps: flo
     ms = [v * 1000 for v in load.latencies]
     idle_tps = statistics.mean(idle)
     rate = len(ms) / elapsed
+    if args.worker_cpus:
+        print(f"CPUs: worker {sorted(args.worker_cpus)}, API and load generator the others")
     print(f"load: {len(ms)} GETs in {elapsed:.1f} s ({rate:.1f}/s, target {args.rate:.0f}/s)")
     p50, p99 = _percentile(ms, 50), _percentile(ms, 99)
     print(f"latency ms: p50 {p50:.1f}  p99 {p99:.1f}  max {max(ms):.1f}")
