@@ -128,7 +128,7 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
     reader.join(timeout=10)
     if not result_file.is_file():
         raise _failure(process.returncode, output)
-    if process.returncode != 0:  # rank 0 writes the result after every rank's last step
+    if process.returncode != 0:  # rank 0 writes the result once every rank's last step is done
         log.warning(
             "a rank failed after the run completed (torchrun exit code %s); the adapter "
             "and the result are complete. Its last lines:\n%s",
@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the traceback stays in the run log
         errors.emit("error", code=PipelineError.code, message=f"{where}{type(exc).__name__}: {exc}")
         raise
-    _leave_together()
+    # Rank 0 finished training only after every rank's last step (each step is collective):
+    # from here the adapter and the result are complete whatever a peer does on its way out.
     if rank == 0:
         write_json_atomic(
             Path(result_file),
@@ -268,13 +269,14 @@ def main(argv: list[str] | None = None) -> int:
                 "hyperparameters": result.hyperparameters,
             },
         )
+    _leave_together()
     return 0
 
 
 def _leave_together() -> None:
-    """Wait for every rank (rank 0 saves the adapter after the last step), then close the
-    process group. A rank that exits with the group open races its peers' gloo threads: one
-    sees "Connection closed by peer", throws, and the process aborts (SIGABRT)."""
+    """Wait for every rank, then close the process group. A rank that exits with the group
+    open races its peers' gloo threads: one sees "Connection closed by peer", throws, and
+    its process aborts (SIGABRT)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
