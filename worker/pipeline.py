@@ -162,7 +162,7 @@ def train_step(run_id: str) -> dict[str, Any]:
         else:
             rt.runs.forget_progress_after(run.id, int(resume_from.name.split("-")[-1]))
         export_dir = Path(run.export_dir or "")
-        backend = resolve_backend(config["backend"])
+        backend = resolve_backend(config["backend"], nproc=rt.settings.nproc)
         rt.runs.update(run.id, backend=backend)
         job = TrainJob(
             run_id=run.id,

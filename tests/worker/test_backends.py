@@ -32,6 +32,13 @@ def test_auto_picks_unsloth_only_with_cuda_and_unsloth(cuda, unsloth, expected) 
     assert resolve_backend("axolotl", cuda=lambda: True, unsloth=lambda: True) == "axolotl"
 
 
+def test_auto_picks_trl_for_a_run_on_several_processes() -> None:
+    # FINETUNE_NPROC > 1 launches trl ranks only: on the GPU image `auto` must not pick unsloth
+    everything = {"cuda": lambda: True, "unsloth": lambda: True}
+    assert resolve_backend("auto", nproc=2, **everything) == "trl"
+    assert resolve_backend("auto", nproc=1, **everything) == "unsloth"
+
+
 def test_auto_on_this_machine_is_trl() -> None:
     assert resolve_backend("auto") == "trl"  # no CUDA here
 
@@ -43,7 +50,7 @@ def test_unsloth_missing_names_the_extra_and_the_fallback(
     job = _job(settings, tiny_model, export_dir, [], backend="unsloth")
     with pytest.raises(BackendUnavailableError) as info:
         run_backend(job)
-    assert "tmde-finetune[unsloth]" in info.value.message
+    assert "make venv-unsloth" in info.value.message and "datasets<5" in info.value.message
     assert "FINETUNE_BACKEND=trl" in info.value.message and info.value.exit_code == 1
 
 

@@ -209,10 +209,13 @@ def test_a_rank_that_dies_after_the_result_is_written_does_not_fail_the_run(
         return [sys.executable, "-c", teardown_abort, str(job_file), str(result_file)]
 
     monkeypatch.setattr(distributed, "torchrun_command", torchrun)
-    job = _job(settings, tiny_model, export_dir, [])
+    job = _job(settings, tiny_model, export_dir, [], backend="auto")
     with caplog.at_level("WARNING", logger=distributed.__name__):
         assert run_distributed(job, nproc=2).metrics == {"world_size": 2}
     assert "gloo::IoException" in caplog.text  # logged, not lost
+    # the ranks get the backend resolved for several processes, not `auto` to resolve alone
+    sent = json.loads((job.checkpoint_dir.parent / "distributed-job.json").read_text())
+    assert sent["config"]["backend"] == "trl"
 
 
 def test_a_rank_that_dies_before_the_result_is_written_fails_the_run(

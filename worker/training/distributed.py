@@ -90,7 +90,7 @@ def job_from_dict(data: dict[str, Any], emitter: Emitter) -> TrainJob:
 
 def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
     """Train `job` on `nproc` ranks; events reach `job.emitter` once, from rank 0."""
-    backend = resolve_backend(job.config["backend"])
+    backend = resolve_backend(job.config["backend"], nproc=nproc)
     if backend not in DISTRIBUTED_BACKENDS:
         raise BackendUnavailableError(
             f"FINETUNE_NPROC={nproc} runs the trl backend only (this run uses {backend!r}); "
@@ -100,7 +100,9 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file = work / "distributed-job.json", work / "distributed-result.json"
     result_file.unlink(missing_ok=True)
-    write_json_atomic(job_file, job_to_dict(job))
+    data = job_to_dict(job)
+    data["config"] = {**job.config, "backend": backend}  # the ranks must not resolve `auto` alone
+    write_json_atomic(job_file, data)
     command = torchrun_command(nproc, job_file, result_file)
     process = subprocess.Popen(
         command,

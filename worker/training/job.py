@@ -79,13 +79,15 @@ def cuda_available() -> bool:
 def resolve_backend(
     name: str,
     *,
+    nproc: int = 1,
     cuda: Callable[[], bool] = cuda_available,
     unsloth: Callable[[], bool] = unsloth_installed,
 ) -> str:
-    """`auto` -> `unsloth` where CUDA and Unsloth are present, else `trl`; others unchanged."""
+    """`auto` -> `unsloth` where CUDA and Unsloth are present, else `trl`; others unchanged.
+    A run on several processes (`nproc` > 1) takes `trl`: the only distributed backend."""
     if name != "auto":
         return name
-    return "unsloth" if unsloth() and cuda() else "trl"
+    return "unsloth" if nproc == 1 and unsloth() and cuda() else "trl"
 
 
 def unavailable_reason(backend: str, python_path: str | None = None) -> str | None:
@@ -97,8 +99,9 @@ def unavailable_reason(backend: str, python_path: str | None = None) -> str | No
             return None
         return (
             "The 'unsloth' backend needs Unsloth, which is not installed in this environment. "
-            "Install the extra (pip install 'tmde-finetune[unsloth]', or `make venv-unsloth` and "
-            "run the worker from .venv-unsloth), or set FINETUNE_BACKEND=trl (CPU and GPU)."
+            "Install it in an environment of its own (`make venv-unsloth`, then run the worker "
+            "from .venv-unsloth; the GPU image has it): the `unsloth` extra cannot share one "
+            "with `train` (Unsloth needs datasets<5). Or set FINETUNE_BACKEND=trl (CPU and GPU)."
         )
     if backend == "axolotl":
         return _axolotl_problem(python_path or _settings_python_path())
