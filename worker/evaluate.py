@@ -113,8 +113,12 @@ def _load_model(model_path: Path, adapter_dir: Path, reference_adapter_dir: Path
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    cuda = torch.cuda.is_available()
+    dtype = torch.float32
+    if cuda:  # the half precision training used: a 32B base is ~128 GB in float32, ~64 in bf16
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    base = base.to("cuda" if cuda else "cpu")
     model = PeftModel.from_pretrained(base, adapter_dir, adapter_name=CANDIDATE)
     if reference_adapter_dir is not None:
         try:
