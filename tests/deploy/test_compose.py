@@ -103,6 +103,11 @@ def test_flower_is_behind_basic_auth_from_the_environment(compose: dict[str, Any
     assert "FLOWER_PASSWORD:?" in flower["environment"]["FLOWER_BASIC_AUTH"]
 
 
+def test_the_published_api_requires_a_token(compose: dict[str, Any]) -> None:
+    # ":?": compose refuses to start without it, instead of publishing an open API
+    assert compose["services"]["api"]["environment"]["API_TOKEN"].startswith("${API_TOKEN:?")
+
+
 def test_health_checks_and_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in ("redis", "postgres", "api", "worker-cpu"):
@@ -148,3 +153,56 @@ def test_gunicorn_config_loads_the_app(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gunicorn_logs_json_lines_without_query_strings(tmp_path: Path) -> None:
+    """The feeds take ?access_token=: gunicorn's access log must not write it, and with
+    LOG_FORMAT=json its own lines (boot, access) are JSON like every other line."""
+    from shared.demo import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+        "TRACES_DB_PATH": str(tmp_path / "traces.db"),
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "API_WORKERS": "1",
+        "API_THREADS": "4",
+        "LOG_FORMAT": "json",
+    }
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "--config",
+             "deploy/gunicorn.conf.py", "app:create_app()"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _wait_for_path_in(log, "/healthz?access_token", port)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert "s3cret" not in log.read_text()
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    access = [r for r in records if r["logger"] == "gunicorn.access"]
+    assert any('"GET /healthz HTTP/1.1" 200' in r["message"] for r in access), access
+    assert any(r["logger"] == "gunicorn.error" for r in records)  # boot lines too
+
+
+def _wait_for_path_in(log: Path, path: str, port: int) -> None:
+    import http.client
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", path + "=s3cret")
+            if connection.getresponse().status == 200:
+                time.sleep(0.5)  # the access line follows the response
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"gunicorn did not answer; its log:\n{log.read_text()}")
