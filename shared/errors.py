@@ -44,6 +44,12 @@ class OutOfMemoryError(PipelineError):
         super().__init__(message, suggestion="Reduce batch_size or max_seq_length")
 
 
+class HandedOverError(PipelineError):
+    """Not a failure: training stopped at a checkpoint because its worker is shutting down."""
+
+    code = "HANDED_OVER"
+
+
 class CancelledError(PipelineError):
     code = "CANCELLED"
 

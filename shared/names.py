@@ -67,6 +67,12 @@ def cancel_key(run_id: str) -> str:
     return f"finetune:cancel:{run_id}"
 
 
+def worker_stopping_key(host: str, pid: int) -> str:
+    """Set while the worker main process `pid` on `host` shuts down (SIGTERM): its training
+    task checkpoints at the next step and hands the run over to the next worker."""
+    return f"finetune:worker-stopping:{host}:{pid}"
+
+
 # --- exit codes (seed §5.3) -----------------------------------------------------------------
 class ExitCode(IntEnum):
     SUCCESS = 0

@@ -11,16 +11,25 @@ shared/queue.py so the API, which only sends tasks, agrees with it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
+import redis
 from celery.schedules import crontab
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    worker_process_init,
+    worker_ready,
+    worker_shutting_down,
+)
 
-from shared.names import TASK_QUEUES, TASK_SCHEDULED_CHECK, TASK_WATCHDOG
+from shared.names import TASK_QUEUES, TASK_SCHEDULED_CHECK, TASK_WATCHDOG, worker_stopping_key
 from shared.queue import make_celery
 from shared.schedule import crontab_fields
 from shared.settings import Settings
 
 WATCHDOG_INTERVAL_SECONDS = 10.0
+STOPPING_TTL_SECONDS = 3600  # the marker outlives any stop grace period, then goes
 
 settings = Settings.from_env()
 app = make_celery(settings, main="tmde")
@@ -49,6 +58,28 @@ def _after_fork(**_: object) -> None:
     reset_after_fork()
     logging.getLogger().setLevel(logging.INFO)
     _preload_unsloth()
+
+
+@worker_shutting_down.connect
+def _hand_over_training(**_: object) -> None:
+    """SIGTERM (docker stop, a deploy): Celery lets the running task finish, and a training task
+    would outlast the stop grace period and be killed. This marker makes it save a checkpoint
+    at its next step and hand the run to the next train worker (worker/pipeline.py)."""
+    _stopping_marker(lambda client, key: client.set(key, "1", ex=STOPPING_TTL_SECONDS))
+
+
+@worker_ready.connect
+def _clear_stale_marker(**_: object) -> None:
+    # A restarted container has the same host name and pid (1) as the one that stopped.
+    _stopping_marker(lambda client, key: client.delete(key))
+
+
+def _stopping_marker(action) -> None:  # noqa: ANN001 - (Redis, key) -> Any
+    key = worker_stopping_key(socket.gethostname(), os.getpid())
+    try:
+        action(redis.Redis.from_url(settings.redis_url, socket_timeout=5), key)
+    except redis.RedisError as exc:
+        logging.getLogger(__name__).warning("could not update %s: %s", key, exc)
 
 
 def _preload_unsloth() -> None:

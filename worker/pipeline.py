@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import CancelledError, OutOfMemoryError, PipelineError
+from shared.errors import CancelledError, HandedOverError, OutOfMemoryError, PipelineError
 from shared.events import Emitter
 from shared.fsutil import write_json_atomic
 from shared.logs import run_context
@@ -37,6 +37,7 @@ from worker.runtime import Runtime, runtime
 from worker.training.artifacts import RunPaths
 
 log = logging.getLogger(__name__)
+STEP_HANDED_OVER = "handed_over"  # train_step's status when its worker shut down mid-run
 
 
 @contextlib.contextmanager
@@ -153,7 +154,7 @@ def train_step(run_id: str) -> dict[str, Any]:
         config = run.config_dict()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
         resume_from = None
-        if run.attempts > 0:  # re-queued by the watchdog after its worker was lost
+        if run.attempts > 0:  # re-queued: its worker was lost (watchdog) or stopped (SIGTERM)
             from worker.watchdog import latest_checkpoint
 
             resume_from = latest_checkpoint(paths.checkpoint_dir)
@@ -174,11 +175,17 @@ def train_step(run_id: str) -> dict[str, Any]:
             checkpoint_dir=paths.checkpoint_dir,
             emitter=emitter,
             should_cancel=lambda: rt.cancel_requested(run.id),
+            should_stop=rt.worker_stopping,
             torch_threads=rt.settings.torch_threads,
             resume_from=resume_from,
             python_path=rt.settings.python_path,
         )
-        result = _train_with_oom_retries(rt, run.id, job, emitter)
+        try:
+            result = _train_with_oom_retries(rt, run.id, job, emitter)
+        except HandedOverError as exc:  # the task re-queues the run (worker/tasks.py)
+            log.warning("run %s: %s", run.id, exc.message)
+            emitter.emit("heartbeat", message=exc.message)
+            return {"status": STEP_HANDED_OVER, "message": exc.message}
         from worker.training.artifacts import write_training_files
 
         write_training_files(paths.staging_dir, result.hyperparameters, result.metrics)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import redis
 
 from shared.db import Database
 from shared.events import Emitter, RedisPublisher, file_sink
-from shared.names import cancel_key
+from shared.names import cancel_key, worker_stopping_key
 from shared.runs import FineTuneManager, RunStore
 from shared.settings import Settings
 from shared.traces import TraceStore
@@ -47,6 +49,16 @@ class Runtime:
         except redis.RedisError:
             logging.getLogger(__name__).warning("Redis unreachable; checking cancel in the DB")
             return self.runs.get(run_id).cancel_requested
+
+    def worker_stopping(self) -> bool:
+        """True once the worker running this task shuts down: its main process is this one
+        (solo pool) or the parent of this pool child."""
+        host = socket.gethostname()
+        keys = (worker_stopping_key(host, os.getppid()), worker_stopping_key(host, os.getpid()))
+        try:
+            return bool(self.redis.exists(*keys))
+        except redis.RedisError:  # Redis gone: the worker's SIGKILL and the watchdog still resume
+            return False
 
 
 @functools.cache

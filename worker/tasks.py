@@ -89,7 +89,23 @@ def export_run(run_id: str) -> dict[str, Any]:
 @app.task(name=TASK_TRAIN, bind=True)
 def train_run(self: Any, run_id: str) -> dict[str, Any]:
     with context_sinks(TaskProgressSink(self)):
-        return pipeline.train_step(run_id)
+        result = pipeline.train_step(run_id)
+    if result["status"] == pipeline.STEP_HANDED_OVER:
+        _hand_over(run_id)
+    return result
+
+
+def _hand_over(run_id: str) -> None:
+    """This worker shuts down mid-run (SIGTERM): train (from the checkpoint just saved) and
+    evaluate go back on their queues for the next worker, and this chain stops here."""
+    from celery.exceptions import Ignore
+
+    from worker.runtime import runtime
+    from worker.watchdog import requeue
+
+    rt = runtime()
+    requeue(app, rt, rt.runs.get(run_id), (TASK_TRAIN, TASK_EVALUATE))
+    raise Ignore()  # not "succeeded": the evaluate step of this chain must not run
 
 
 @app.task(name=TASK_EVALUATE)

@@ -88,7 +88,9 @@ def active_task_ids(celery: Celery) -> set[str] | None:
     return {task["id"] for tasks in replies.values() for task in tasks}
 
 
-def _requeue(celery: Celery, rt: Runtime, run: FineTuneRun, names: tuple[str, ...]) -> list[str]:
+def requeue(celery: Celery, rt: Runtime, run: FineTuneRun, names: tuple[str, ...]) -> list[str]:
+    """Queue `names` for `run` again as one chain; a train step resumes from the newest
+    checkpoint (attempts > 0)."""
     ids = [str(uuid.uuid4()) for _ in names]
     rt.runs.update(
         run.id,
@@ -126,11 +128,11 @@ def handle_stale(rt: Runtime, celery: Celery, run: FineTuneRun, active: set[str]
         _fail(rt, run, "WORKER_LOST", f"Worker lost ({silence}) after {run.attempts} resumes")
         return {"runId": run.id, "action": "failed"}
     if run.phase == PHASE_TRAINING and latest_checkpoint(paths.checkpoint_dir):
-        _requeue(celery, rt, run, (TASK_TRAIN, TASK_EVALUATE))
+        requeue(celery, rt, run, (TASK_TRAIN, TASK_EVALUATE))
         log.warning("run %s: worker lost (%s); resuming from its last checkpoint", run.id, silence)
         return {"runId": run.id, "action": "resumed"}
     if run.phase == PHASE_EVALUATING and (paths.staging_dir / "metrics.json").is_file():
-        _requeue(celery, rt, run, (TASK_EVALUATE,))
+        requeue(celery, rt, run, (TASK_EVALUATE,))
         return {"runId": run.id, "action": "re-evaluating"}
     _fail(rt, run, "WORKER_LOST", f"Worker lost ({silence}) and no checkpoint to resume from")
     return {"runId": run.id, "action": "failed"}

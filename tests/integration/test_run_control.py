@@ -39,6 +39,32 @@ def _wait(predicate, timeout: float = 120, every: float = 0.5):  # type: ignore[
     raise TimeoutError("condition not met in time")
 
 
+def test_a_worker_stopped_by_sigterm_checkpoints_and_hands_the_run_over(
+    service: Service, tiny_model: Path, tmp_path: Path
+) -> None:
+    log = EventLog(service)
+    config = {**TINY, "baseModel": str(tiny_model), "maxSteps": 40, "saveSteps": 1000,
+              "evalSteps": 100000}  # fmt: skip  # no checkpoint of its own before step 40
+    response = requests.post(f"{service.base_url}/api/finetune", json={"config": config})
+    run_id = log.run_id = response.json()["runId"]
+    log.wait_for(lambda e: e["type"] == "progress" and e["step"] >= 3)
+    service.worker.send_signal(signal.SIGTERM)  # the main process only, as `docker stop` does
+    assert service.worker.wait(timeout=60) == 0  # it leaves once the run is handed over
+    saved = [e["step"] for e in log.events if e["type"] == "checkpoint"]
+    assert len(saved) == 1 and 3 <= saved[0] < 40, saved
+    run = requests.get(f"{service.base_url}/api/finetune/{run_id}").json()
+    assert run["status"] == "running", run  # neither failed nor completed: waiting for a worker
+
+    service.worker = start_worker(service.settings, tmp_path / "worker2.log")
+    terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"), 300)
+    assert terminal["type"] == "complete", terminal
+    starts = [e["step"] for e in log.events if e["type"] == "training_start"]
+    assert starts == [0, saved[0]]  # the second worker went on from the checkpoint
+    events = requests.get(f"{service.base_url}/api/finetune/{run_id}/events?limit=5000").json()
+    steps = [e["step"] for e in events["events"] if e["type"] == "progress"]
+    assert steps == list(range(1, 41))
+
+
 def test_worker_killed_mid_run_is_resumed_from_its_checkpoint(
     service: Service, tiny_model: Path, tmp_path: Path
 ) -> None:

@@ -108,7 +108,7 @@ def test_lost_worker_with_a_checkpoint_is_resumed(rt: Runtime, monkeypatch) -> N
     sent: list[tuple] = []
     monkeypatch.setattr(
         watchdog,
-        "_requeue",
+        "requeue",
         lambda celery, rt_, run, names: (
             sent.append(names) or rt_.runs.update(run.id, phase="queued", attempts=run.attempts + 1)
         ),
@@ -156,3 +156,18 @@ def test_trainer_ignoring_a_cancel_is_terminated_after_the_grace_period(rt: Runt
     run = rt.runs.get(run_id)
     assert run.status == "cancelled" and run.active_slot is None
     assert json.loads(rt.redis.get(f"finetune:latest:{run_id}"))["type"] == "cancelled"
+
+
+def test_a_task_sees_its_own_workers_stop_marker_only(rt: Runtime) -> None:
+    import os
+    import socket
+
+    from shared.names import worker_stopping_key
+
+    host = socket.gethostname()
+    assert not rt.worker_stopping()
+    rt.redis.set(worker_stopping_key(host, os.getppid() + 1), "1")  # another worker stops
+    rt.redis.set(worker_stopping_key("elsewhere", os.getppid()), "1")  # same pid, other host
+    assert not rt.worker_stopping()
+    rt.redis.set(worker_stopping_key(host, os.getppid()), "1")  # the pool child's main process
+    assert rt.worker_stopping()

@@ -37,12 +37,18 @@ class PipelineCallback(TrainerCallback):
     """
 
     def __init__(
-        self, emitter: Emitter, should_cancel: Callable[[], bool], checkpoint_dir: str
+        self,
+        emitter: Emitter,
+        should_cancel: Callable[[], bool],
+        checkpoint_dir: str,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.emitter = emitter
         self.should_cancel = should_cancel
+        self.should_stop = should_stop
         self.checkpoint_dir = checkpoint_dir
         self.cancelled = False
+        self.stopped_at: int | None = None  # the step checkpointed for a worker shutdown
         self.started_at = time.monotonic()
         self.start_step = 0
         self.last_heartbeat = 0.0
@@ -75,6 +81,11 @@ class PipelineCallback(TrainerCallback):
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = False
+            control.should_evaluate = False
+        elif self.should_stop():  # the worker shuts down: checkpoint this step for the next one
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            control.should_save = True
             control.should_evaluate = False
         now = time.monotonic()
         if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_SECONDS:

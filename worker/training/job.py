@@ -35,6 +35,8 @@ class TrainJob:
     checkpoint_dir: where `checkpoint-N` folders go
     emitter:        receives the seed §5.1 events
     should_cancel:  polled after every step; True stops training (CancelledError)
+    should_stop:    polled after every step; True saves a checkpoint there and stops training
+                    (HandedOverError): the worker is shutting down and another will resume
     torch_threads:  intra-op threads for torch on a CPU; 0 keeps torch's default
     resume_from:    a `checkpoint-N` folder to continue from (crash resume), or None
     python_path:    the interpreter of Axolotl's environment (PYTHON_PATH); None reads it from
@@ -50,6 +52,7 @@ class TrainJob:
     checkpoint_dir: Path
     emitter: Emitter
     should_cancel: Callable[[], bool] = lambda: False
+    should_stop: Callable[[], bool] = lambda: False
     torch_threads: int = 0
     resume_from: Path | None = None
     python_path: str | None = None

@@ -10,7 +10,7 @@ import resource
 import time
 from typing import Any
 
-from shared.errors import CancelledError, OutOfMemoryError, PipelineError
+from shared.errors import CancelledError, HandedOverError, OutOfMemoryError, PipelineError
 from worker.training.job import TrainJob, TrainResult
 
 
@@ -135,7 +135,9 @@ def run_sft(
     datasets.disable_progress_bars()
     train_set = Dataset.from_list(load_records(job.train_path, tokenizer))
     val_set = Dataset.from_list(load_records(job.val_path, tokenizer))
-    callback = PipelineCallback(job.emitter, job.should_cancel, str(job.checkpoint_dir))
+    callback = PipelineCallback(
+        job.emitter, job.should_cancel, str(job.checkpoint_dir), should_stop=job.should_stop
+    )
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(**arguments),
@@ -157,6 +159,11 @@ def run_sft(
     elapsed = time.monotonic() - started
     if callback.cancelled:
         raise CancelledError("Cancelled during training")
+    if callback.stopped_at is not None:
+        raise HandedOverError(
+            f"Stopped at step {callback.stopped_at} (checkpoint saved): the worker is shutting "
+            "down; the next train worker resumes the run"
+        )
     if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the adapter
         job.adapter_dir.mkdir(parents=True, exist_ok=True)
         trainer.model.save_pretrained(job.adapter_dir)
