@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from app import state
 from shared.events import latest_event
 from shared.models import FineTuneRun
-from shared.names import QUEUE_EXPORT, QUEUE_TRAIN, RUN_STATUSES, STATUS_COMPLETED
+from shared.names import QUEUES, RUN_STATUSES, STATUS_COMPLETED
 from shared.schedule import LAST_DECISION_KEY
 
 bp = Blueprint("metrics", __name__)
@@ -100,7 +100,7 @@ class ServiceCollector:
 
     def _queues(self) -> Iterator[GaugeMetricFamily]:
         depth = _gauge("tmde_queue_depth", "Celery messages waiting per queue", ("queue",))
-        for queue in (QUEUE_EXPORT, QUEUE_TRAIN):
+        for queue in QUEUES:
             depth.add_metric([queue], self.redis.llen(queue))
         yield depth
 

@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from shared import migrate
     from shared.demo import free_port, start_embedded_redis
     from shared.demo_traces import generate
+    from shared.names import QUEUES
     from shared.traces import TraceStore
 
     config = {"baseModel": args.model, "backend": "trl", "maxSteps": args.steps, "epochs": 1,
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         TraceStore(root / "traces.db").add_many(generate(300, seed=7))
         logs = open(root / "processes.log", "w")  # noqa: SIM115 - closed below
         worker = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "worker", "--queues", "export,train"],
+            [sys.executable, "-m", "shared.cli", "worker", "--queues", ",".join(QUEUES)],
             cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
             preexec_fn=(lambda: os.sched_setaffinity(0, worker_cpus)) if worker_cpus else None,
         )  # fmt: skip

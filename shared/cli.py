@@ -4,7 +4,7 @@
     tmde-finetune seed-demo                  write a synthetic debate-trace database
     tmde-finetune traces import FILE.jsonl   import traces; `traces stats` counts them
     tmde-finetune api [--host H] [--port P]  serve the API
-    tmde-finetune worker [--queues export,train]
+    tmde-finetune worker [--queues export,train,delivery]
     tmde-finetune beat                       scheduled retraining + the watchdog (celery-beat)
     tmde-finetune start [--config JSON] [--follow]   start a run (as POST /api/finetune)
     tmde-finetune follow RUN_ID              progress bar until the run ends; exits with its code
@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from shared import adapters_cli
+from shared.names import QUEUES
 from shared.settings import Settings, SettingsError
 
 # Commands with their own argument parsers (the seed's scripts, the demo).
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queues", default="export,train")
+    worker.add_argument("--queues", default=",".join(QUEUES))
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--loglevel", default="INFO")

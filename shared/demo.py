@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.follow import ProgressView, auth_headers, render, stream_events
+from shared.names import QUEUES
 from shared.settings import Settings
 
 __all__ = ["render", "follow", "run_demo", "main"]  # render: moved to shared.follow
@@ -236,7 +237,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             started.append(api)
             worker = subprocess.Popen(
-                [*cli, "worker", "--queues", "export,train", "--name", f"demo-{port}@%h"],
+                [*cli, "worker", "--queues", ",".join(QUEUES), "--name", f"demo-{port}@%h"],
                 env=env,
                 stdout=worker_log,
                 stderr=subprocess.STDOUT,

@@ -17,6 +17,10 @@ TASK_EXPORT_GGUF = "tmde.adapters.export_gguf"
 
 QUEUE_EXPORT = "export"  # CPU workers: reads the trace database, writes JSONL
 QUEUE_TRAIN = "train"  # GPU-pinned workers: training and evaluation (they load the model)
+# GGUF exports for the serving stack: a worker with torch and gguf (not the slim image) that
+# does not train, so an activation's export never waits behind a run of several hours.
+QUEUE_DELIVERY = "delivery"
+QUEUES = (QUEUE_EXPORT, QUEUE_TRAIN, QUEUE_DELIVERY)
 
 TASK_QUEUES = {
     TASK_EXPORT: QUEUE_EXPORT,
@@ -24,9 +28,7 @@ TASK_QUEUES = {
     TASK_EVALUATE: QUEUE_TRAIN,
     TASK_SCHEDULED_CHECK: QUEUE_EXPORT,  # control tasks run on the CPU workers
     TASK_WATCHDOG: QUEUE_EXPORT,
-    # a training worker has what the conversion needs (torch, the base model's folder); the
-    # export itself takes a fraction of a second
-    TASK_EXPORT_GGUF: QUEUE_TRAIN,
+    TASK_EXPORT_GGUF: QUEUE_DELIVERY,
 }
 
 # --- run statuses (seed §3.1 CHECK constraint) ------------------------------------------------

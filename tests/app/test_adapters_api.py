@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 from flask.testing import FlaskClient
 
-from shared.names import QUEUE_TRAIN, TASK_EXPORT_GGUF
+from shared.names import QUEUE_DELIVERY, TASK_EXPORT_GGUF
 from shared.settings import Settings
 from tests.adapters import make_adapter
 from tests.conftest import drain
@@ -107,17 +107,20 @@ def test_activation_queues_the_gguf_export_when_ollama_export_is_on(
 ) -> None:
     client = make_app(ollama_export=True).test_client()
     body = client.post(f"/api/adapters/{IDS[0]}/activate").get_json()
-    messages = drain(celery_app, QUEUE_TRAIN)
+    messages = drain(celery_app, QUEUE_DELIVERY)
     assert [m.headers["task"] for m in messages] == [TASK_EXPORT_GGUF]
     assert messages[0].headers["id"] == body["exportTaskId"]
     assert json.loads(messages[0].body)[0] == [IDS[0]]
     response = client.post(f"/api/adapters/{IDS[1]}/export-gguf")
     assert response.status_code == 202 and response.get_json()["taskId"]
+    assert [m.headers["id"] for m in drain(celery_app, QUEUE_DELIVERY)] == [
+        response.get_json()["taskId"]
+    ]
 
 
 def test_no_export_is_queued_by_default(client: FlaskClient, celery_app: Celery) -> None:
     assert "exportTaskId" not in client.post(f"/api/adapters/{IDS[0]}/activate").get_json()
-    assert drain(celery_app, QUEUE_TRAIN) == []
+    assert drain(celery_app, QUEUE_DELIVERY) == []
 
 
 def test_adapter_folder_is_untouched_by_reads(client: FlaskClient, settings: Settings) -> None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from shared.cli import build_parser
+from shared.names import QUEUE_DELIVERY, QUEUES
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +91,22 @@ def test_cpu_worker_takes_exports_and_control_tasks(compose: dict[str, Any]) -> 
     assert args.queues == "export"
 
 
+def test_every_queue_has_a_worker_and_deliveries_never_wait_for_training(
+    compose: dict[str, Any],
+) -> None:
+    consumers: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        if command[1:2] == ["worker"]:
+            for queue in build_parser().parse_args(command[1:]).queues.split(","):
+                consumers.setdefault(queue, set()).add(name)
+    assert set(consumers) == set(QUEUES), consumers
+    assert not any(n.startswith("worker-gpu") for n in consumers[QUEUE_DELIVERY])
+    delivery = compose["services"]["worker-delivery"]
+    assert delivery["image"] == compose["services"]["worker-gpu0"]["image"]  # torch and gguf
+    assert "deploy" not in delivery  # no GPU reserved for it
+
+
 def test_commands_parse_with_the_cli(compose: dict[str, Any]) -> None:
     for service in compose["services"].values():
         command = service.get("command") or []
@@ -110,7 +127,7 @@ def test_the_published_api_requires_a_token(compose: dict[str, Any]) -> None:
 
 def test_health_checks_and_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("redis", "postgres", "api", "worker-cpu"):
+    for name in ("redis", "postgres", "api", "worker-cpu", "worker-delivery"):
         assert "healthcheck" in services[name], name
     for name in ("api", "worker-cpu", "beat", "worker-gpu0"):
         assert "data:/srv/data" in services[name]["volumes"], name

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.names import progress_channel
+from shared.names import QUEUES, progress_channel
 from shared.settings import Settings
 from tests.conftest import make_settings
 
@@ -71,7 +71,7 @@ class Service:
 
 
 def start_worker(
-    settings: Settings, log_path: Path, queues: str = "export,train", **extra_env: str
+    settings: Settings, log_path: Path, queues: str = ",".join(QUEUES), **extra_env: str
 ) -> subprocess.Popen:
     """A real Celery worker process (prefork, its own session so it can be killed whole)."""
     log = open(log_path, "a")  # noqa: SIM115 - the child keeps it; closed when it exits

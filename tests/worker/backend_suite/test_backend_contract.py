@@ -51,6 +51,8 @@ def test_events_artifacts_and_manifest(
     adapter_config = json.loads((job.adapter_dir / "adapter_config.json").read_text())
     assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32
     assert set(adapter_config["target_modules"]) == set(job.config["targetModules"])
+    # what vLLM's --enable-lora accepts: no lm_head or embeddings saved whole
+    assert adapter_config["peft_type"] == "LORA" and not adapter_config.get("modules_to_save")
 
     m = result.metrics
     assert result.backend == backend
