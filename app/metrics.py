@@ -5,7 +5,8 @@ restart loses nothing. Families (all gauges):
 
     tmde_runs{status}                          runs by status
     tmde_queue_depth{queue}                    Celery messages waiting per queue
-    tmde_active_run_step / _total_steps / _loss / _eval_loss / _eta_seconds {run_id}
+    tmde_active_run_step / _total_steps / _loss / _eval_loss / _eta_seconds
+        / _tokens_per_second {run_id}
     tmde_last_completed_run_tokens_per_second{run_id}
     tmde_schedule_last_decision{decision}      1 for the last beat decision; _timestamp_seconds
     tmde_active_adapter_info{adapter_id}       1 for the adapter in active.json
@@ -34,7 +35,7 @@ from shared.schedule import LAST_DECISION_KEY
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger(__name__)
 
-ACTIVE_RUN_FIELDS = ("step", "total_steps", "loss", "eval_loss", "eta_seconds")
+ACTIVE_RUN_FIELDS = ("step", "total_steps", "loss", "eval_loss", "eta_seconds", "tokens_per_second")
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:

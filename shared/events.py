@@ -85,6 +85,7 @@ class ProgressEvent:
     eval_loss: float | None = None
     learning_rate: float | None = None
     eta_seconds: int | None = None
+    tokens_per_second: float | None = None  # progress: non-pad training tokens/s of this attempt
     train_count: int | None = None
     val_count: int | None = None
     path: str | None = None

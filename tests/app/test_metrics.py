@@ -46,7 +46,14 @@ def test_metrics(settings: Settings, sqlite_app: Any) -> None:
     redis.set(
         "finetune:latest:run_000002",
         json.dumps(
-            {"type": "progress", "run_id": "run_000002", "step": 7, "total_steps": 20, "loss": 1.25}
+            {
+                "type": "progress",
+                "run_id": "run_000002",
+                "step": 7,
+                "total_steps": 20,
+                "loss": 1.25,
+                "tokens_per_second": 61.5,
+            }  # fmt: skip
         ),
     )
     redis.rpush("train", "m1", "m2")
@@ -64,6 +71,7 @@ def test_metrics(settings: Settings, sqlite_app: Any) -> None:
     assert samples[("tmde_queue_depth", (("queue", "train"),))] == 2
     assert samples[("tmde_active_run_step", (("run_id", "run_000002"),))] == 7
     assert samples[("tmde_active_run_loss", (("run_id", "run_000002"),))] == 1.25
+    assert samples[("tmde_active_run_tokens_per_second", (("run_id", "run_000002"),))] == 61.5
     assert (
         samples[("tmde_last_completed_run_tokens_per_second", (("run_id", "run_000001"),))] == 75.5
     )

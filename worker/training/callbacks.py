@@ -51,6 +51,7 @@ class PipelineCallback(TrainerCallback):
         self.stopped_at: int | None = None  # the step checkpointed for a worker shutdown
         self.started_at = time.monotonic()
         self.start_step = 0
+        self.start_tokens = 0
         self.last_heartbeat = 0.0
         self.last_train_loss: float | None = None
         self.eval_losses: list[float] = []
@@ -63,9 +64,15 @@ class PipelineCallback(TrainerCallback):
         elapsed = time.monotonic() - self.started_at
         return int(elapsed / done * max(state.max_steps - state.global_step, 0))
 
+    def _tokens_per_second(self, state: Any) -> float | None:
+        tokens = int(state.num_input_tokens_seen or 0) - self.start_tokens
+        elapsed = time.monotonic() - self.started_at
+        return round(tokens / elapsed, 2) if tokens > 0 and elapsed > 0 else None
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started_at = time.monotonic()
         self.start_step = state.global_step
+        self.start_tokens = int(state.num_input_tokens_seen or 0)  # a resume starts past zero
         self.emitter.emit("training_start", total_steps=state.max_steps, step=state.global_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -108,6 +115,7 @@ class PipelineCallback(TrainerCallback):
                 loss=self.last_train_loss,
                 eval_loss=None,
                 learning_rate=_float(logs.get("learning_rate")),
+                tokens_per_second=self._tokens_per_second(state),
                 **common,
             )
         if "eval_loss" in logs:

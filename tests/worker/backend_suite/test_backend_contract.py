@@ -42,6 +42,7 @@ def test_events_artifacts_and_manifest(
     progress = [e for e in events if e.type == "progress"]
     assert all(e.loss > 0 and e.learning_rate is not None for e in progress), progress
     assert all(e.total_steps == 4 for e in progress)
+    assert all(e.tokens_per_second > 0 for e in progress), progress  # live speed, /metrics
     assert all(e.run_id == "run_suite" for e in events)
     assert (job.checkpoint_dir / "checkpoint-2").is_dir()
 
