@@ -164,12 +164,17 @@ PATHS: dict[str, Any] = {
             ],
         ),
     },
-    "/api/finetune/config/default": {"get": _op("The default FineTuneConfig", {"200": _json(OBJ)})},
+    "/api/finetune/config/default": {
+        "get": _op("The default FineTuneConfig", {"200": _json(OBJ), **_errors(401)})
+    },
     "/api/finetune/schedule": {
-        "get": _op("The beat schedule and its last decision", {"200": _json(OBJ), **_errors(503)})
+        "get": _op(
+            "The beat schedule and its last decision",
+            {"200": _json(OBJ), **_errors(401, 503)},
+        )
     },
     "/api/finetune/feeds": {
-        "get": _op("This API process's live-feed counters", {"200": _json(OBJ)})
+        "get": _op("This API process's live-feed counters", {"200": _json(OBJ), **_errors(401)})
     },
     "/api/finetune/{runId}": {
         "get": _op(

@@ -22,13 +22,31 @@ ST = Path(sys.executable).with_name("st")
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"  # noqa: E501
 
 
+TOKEN = "contract-test-token-0123456789"
+
+
+@pytest.fixture(params=["open", "token", "no-bearer"])
+def auth(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(the API's API_TOKEN, the bearer schemathesis sends): an open API, a protected one with
+    the token, and a protected one without it (every answer a documented 401)."""
+    return {"open": ("", ""), "token": (TOKEN, TOKEN), "no-bearer": (TOKEN, "")}[request.param]
+
+
 @pytest.fixture
-def live_api(tmp_path: Path, redis_url: str, migrated_url: str, trace_store) -> Iterator[str]:  # noqa: ANN001
+def live_api(
+    tmp_path: Path,
+    redis_url: str,
+    migrated_url: str,
+    trace_store,  # noqa: ANN001
+    auth: tuple[str, str],
+) -> Iterator[str]:
     from werkzeug.serving import make_server
 
     from app import create_app
 
-    settings = make_settings(tmp_path, redis_url=redis_url, database_url=migrated_url)
+    settings = make_settings(
+        tmp_path, redis_url=redis_url, database_url=migrated_url, api_token=auth[0]
+    )
     redis.Redis.from_url(redis_url).flushdb()
     for adapter_id in ("run_aaaaaa", "run_bbbbbb"):
         make_adapter(settings.lora_output_dir, adapter_id)
@@ -42,13 +60,15 @@ def live_api(tmp_path: Path, redis_url: str, migrated_url: str, trace_store) -> 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_schemathesis_finds_no_server_errors_or_schema_violations(
-    live_api: str, tmp_path: Path
+    live_api: str, auth: tuple[str, str], tmp_path: Path
 ) -> None:
+    bearer = ["--header", f"Authorization: Bearer {auth[1]}"] if auth[1] else []
     result = subprocess.run(
         [
             str(ST),
             "run",
             f"{live_api}/api/openapi.json",
+            *bearer,
             "--checks",
             CHECKS,
             "--max-examples",
