@@ -276,7 +276,13 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
         )
         if rt.cancel_requested(run.id):
             raise CancelledError()
-        source = provenance(export_dir=export_dir, model_path=model_path, seed=config["seed"])
+        trained = json.loads((paths.staging_dir / "training_args.json").read_text())
+        source = provenance(
+            export_dir=export_dir,
+            model_path=model_path,
+            seed=config["seed"],
+            training_libraries=trained.get("libraries"),
+        )
         final, metrics = _publish(rt, run, paths, evaluation, source)
         promotion = gate_and_deliver(
             rt.settings,

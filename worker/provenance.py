@@ -47,7 +47,15 @@ def file_sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def provenance(*, export_dir: Path, model_path: Path, seed: int) -> dict[str, Any]:
+def provenance(
+    *,
+    export_dir: Path,
+    model_path: Path,
+    seed: int,
+    training_libraries: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """`training_libraries`: the versions the training process reported (training_args.json);
+    Axolotl trains in an environment of its own. The evaluating worker's are kept beside them."""
     manifest_path = export_dir / "export_manifest.json"
     export_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     return {
@@ -61,5 +69,6 @@ def provenance(*, export_dir: Path, model_path: Path, seed: int) -> dict[str, An
         "baseModelPath": str(model_path),
         "baseModelRevision": model_revision(model_path),
         "seed": seed,
-        "libraries": library_versions(),
+        "libraries": training_libraries or library_versions(),
+        "evaluationLibraries": library_versions(),
     }

@@ -62,6 +62,8 @@ def test_events_artifacts_and_manifest(
     assert m["train_tokens"] > 0 and m["tokens_per_second"] > 0
     assert m["device"] == "cpu" and m["training_time_seconds"] > 0 and m["peak_ram_gb"] > 0
     assert result.hyperparameters["backend"] == backend
+    libraries = result.hyperparameters["libraries"]  # the training environment's own versions
+    assert "transformers" in libraries and backend in (*libraries, "trl"), libraries
 
     write_training_files(job.adapter_dir, result.hyperparameters, result.metrics)
     manifest = build_manifest(

@@ -270,5 +270,7 @@ def _result(job: TrainJob, replay: Replay, cfg: dict[str, Any], elapsed: float) 
     return TrainResult(
         backend="axolotl",
         metrics=metrics,
-        hyperparameters=hyperparameters(job, "axolotl", {}, {"axolotl": cfg}),
+        hyperparameters=hyperparameters(
+            job, "axolotl", {}, {"axolotl": cfg, "libraries": end.get("libraries") or {}}
+        ),
     )

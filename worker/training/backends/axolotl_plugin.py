@@ -59,6 +59,8 @@ class EventFileCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         import torch
 
+        from worker.provenance import library_versions
+
         cuda = torch.cuda.is_available()
         self._write(
             "end",
@@ -67,6 +69,7 @@ class EventFileCallback(TrainerCallback):
             peak_vram_gb=round(torch.cuda.max_memory_allocated() / 1024**3, 3) if cuda else None,
             peak_ram_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
             device="cuda" if cuda else "cpu",
+            libraries=library_versions(),  # Axolotl's environment's, not the worker's
         )
 
 

@@ -191,7 +191,10 @@ def run_sft(
 def hyperparameters(
     job: TrainJob, backend: str, arguments: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """training_args.json: what was trained, how, and by which backend."""
+    """training_args.json: what was trained, how, by which backend and library versions (the
+    training process's own: Axolotl's environment passes its versions in `extra`)."""
+    from worker.provenance import library_versions
+
     c = job.config
     return {
         "backend": backend,
@@ -204,5 +207,6 @@ def hyperparameters(
         },
         "sft": arguments,
         "config": c,
+        "libraries": library_versions(),
         **(extra or {}),
     }
