@@ -16,7 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import CancelledError, HandedOverError, OutOfMemoryError, PipelineError
+from shared.errors import (
+    BackendUnavailableError,
+    CancelledError,
+    HandedOverError,
+    OutOfMemoryError,
+    PipelineError,
+)
 from shared.events import Emitter
 from shared.fsutil import write_json_atomic
 from shared.logs import run_context
@@ -148,7 +154,7 @@ def export_step(run_id: str) -> dict[str, Any]:
 
 def train_step(run_id: str) -> dict[str, Any]:
     def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
-        from worker.training.job import TrainJob, resolve_backend
+        from worker.training.job import TrainJob, resolve_backend, unavailable_reason
         from worker.training.models import resolve_model
 
         config = run.config_dict()
@@ -165,6 +171,9 @@ def train_step(run_id: str) -> dict[str, Any]:
         export_dir = Path(run.export_dir or "")
         backend = resolve_backend(config["backend"], nproc=rt.settings.nproc)
         rt.runs.update(run.id, backend=backend)
+        problem = unavailable_reason(backend, rt.settings.python_path)
+        if problem:  # before the model is resolved or anything loads
+            raise BackendUnavailableError(problem, suggestion="Set FINETUNE_BACKEND=trl")
         job = TrainJob(
             run_id=run.id,
             config=config,

@@ -95,6 +95,20 @@ def test_export_with_too_few_traces_fails_the_run(rt: Runtime, tiny_model: Path)
     assert pipeline.train_step(run_id)["status"] == "skipped"
 
 
+def test_a_missing_backend_fails_before_the_model_is_looked_up(
+    rt: Runtime, tiny_model: Path
+) -> None:
+    rt.settings = rt.settings.replace(python_path=str(rt.settings.temp_dir / "no-python"))
+    config = tiny_config(rt.settings, tiny_model, backend="axolotl", baseModel="no-such:tag")
+    run_id = _new_run(rt, config)
+    pipeline.export_step(run_id)
+    assert pipeline.train_step(run_id)["status"] == "failed"
+    run = rt.runs.get(run_id)
+    # the backend's fix, not the model's (nothing was resolved or loaded)
+    assert run.error_code == "BACKEND_UNAVAILABLE" and "PYTHON_PATH" in run.error_message
+    assert _published(rt, run_id)["suggestion"] == "Set FINETUNE_BACKEND=trl"
+
+
 def test_cancel_flag_before_training_cancels(rt: Runtime, tiny_model: Path) -> None:
     run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
     pipeline.export_step(run_id)
