@@ -65,14 +65,14 @@ class PipelineCallback(TrainerCallback):
         return int(elapsed / done * max(state.max_steps - state.global_step, 0))
 
     def _tokens_per_second(self, state: Any) -> float | None:
-        tokens = int(state.num_input_tokens_seen or 0) - self.start_tokens
+        tokens = _tokens_seen(state) - self.start_tokens
         elapsed = time.monotonic() - self.started_at
         return round(tokens / elapsed, 2) if tokens > 0 and elapsed > 0 else None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started_at = time.monotonic()
         self.start_step = state.global_step
-        self.start_tokens = int(state.num_input_tokens_seen or 0)  # a resume starts past zero
+        self.start_tokens = _tokens_seen(state)  # a resume starts past zero
         self.emitter.emit("training_start", total_steps=state.max_steps, step=state.global_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -132,6 +132,11 @@ class PipelineCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = f"{self.checkpoint_dir}/checkpoint-{state.global_step}"
         self.emitter.emit("checkpoint", step=state.global_step, path=path)
+
+
+def _tokens_seen(state: Any) -> int:
+    # Axolotl's events are replayed with a state that carries only what its plugin wrote
+    return int(getattr(state, "num_input_tokens_seen", 0) or 0)
 
 
 def _float(value: Any) -> float | None:

@@ -132,9 +132,8 @@ def test_a_missing_backend_fails_at_once_with_the_fix(
         monkeypatch.setattr(job_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendUnavailableError) as info:
         run_backend(job)
-    assert f"tmde-finetune[{backend if backend != 'trl' else 'train'}]" in info.value.message or (
-        "venv-axolotl" in info.value.message
-    )
+    fix = {"trl": "tmde-finetune[train]", "unsloth": "venv-unsloth", "axolotl": "venv-axolotl"}
+    assert fix[backend] in info.value.message, info.value.message  # how to install it
     assert "FINETUNE_BACKEND=trl" in info.value.message or backend == "trl"
     assert info.value.exit_code == 1
     assert not job.adapter_dir.exists()

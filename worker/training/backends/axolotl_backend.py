@@ -120,7 +120,11 @@ class Replay:
         self.step = 0
 
     def feed(self, record: dict[str, Any]) -> None:
-        state = SimpleNamespace(global_step=record["step"], max_steps=record["max_steps"])
+        state = SimpleNamespace(
+            global_step=record["step"],
+            max_steps=record["max_steps"],
+            num_input_tokens_seen=record.get("num_input_tokens_seen", 0),
+        )
         kind = record["event"]
         self.step = record["step"]
         if kind == "begin":

@@ -26,7 +26,13 @@ class EventFileCallback(TrainerCallback):
         self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the trainer
 
     def _write(self, kind: str, state: Any, **fields: Any) -> None:
-        record = {"event": kind, "step": state.global_step, "max_steps": state.max_steps, **fields}
+        record = {
+            "event": kind,
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            "num_input_tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
+            **fields,
+        }
         self.handle.write(json.dumps(record, default=float) + "\n")
         self.handle.flush()
 
@@ -65,7 +71,6 @@ class EventFileCallback(TrainerCallback):
         self._write(
             "end",
             state,
-            num_input_tokens_seen=int(getattr(state, "num_input_tokens_seen", 0) or 0),
             peak_vram_gb=round(torch.cuda.max_memory_allocated() / 1024**3, 3) if cuda else None,
             peak_ram_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
             device="cuda" if cuda else "cpu",
