@@ -159,11 +159,11 @@ def train_step(run_id: str) -> dict[str, Any]:
 
         config = run.config_dict()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
-        resume_from = None
-        if run.attempts > 0:  # re-queued: its worker was lost (watchdog) or stopped (SIGTERM)
-            from worker.watchdog import latest_checkpoint
+        from worker.watchdog import latest_checkpoint
 
-            resume_from = latest_checkpoint(paths.checkpoint_dir)
+        # A checkpoint here means a re-queued run: its worker was lost (watchdog) or stopped
+        # (SIGTERM). A failed attempt never comes back, and an OOM retry discards its own.
+        resume_from = latest_checkpoint(paths.checkpoint_dir)
         if resume_from is None:
             paths.discard()  # a fresh attempt starts clean
         else:

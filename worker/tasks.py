@@ -104,7 +104,7 @@ def _hand_over(run_id: str) -> None:
     from worker.watchdog import requeue
 
     rt = runtime()
-    requeue(app, rt, rt.runs.get(run_id), (TASK_TRAIN, TASK_EVALUATE))
+    requeue(app, rt, rt.runs.get(run_id), (TASK_TRAIN, TASK_EVALUATE), count_as_resume=False)
     raise Ignore()  # not "succeeded": the evaluate step of this chain must not run
 
 

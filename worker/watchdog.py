@@ -88,14 +88,22 @@ def active_task_ids(celery: Celery) -> set[str] | None:
     return {task["id"] for tasks in replies.values() for task in tasks}
 
 
-def requeue(celery: Celery, rt: Runtime, run: FineTuneRun, names: tuple[str, ...]) -> list[str]:
+def requeue(
+    celery: Celery,
+    rt: Runtime,
+    run: FineTuneRun,
+    names: tuple[str, ...],
+    *,
+    count_as_resume: bool = True,
+) -> list[str]:
     """Queue `names` for `run` again as one chain; a train step resumes from the newest
-    checkpoint (attempts > 0)."""
+    checkpoint. `count_as_resume`: a lost worker counts toward MAX_RESUMES; a worker that
+    stopped cleanly (SIGTERM) and handed the run over does not."""
     ids = [str(uuid.uuid4()) for _ in names]
     rt.runs.update(
         run.id,
         phase=PHASE_QUEUED,
-        attempts=run.attempts + 1,
+        attempts=run.attempts + int(count_as_resume),
         heartbeat_at=utcnow(),
         current_task_id=None,
     )

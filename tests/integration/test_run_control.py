@@ -63,6 +63,13 @@ def test_a_worker_stopped_by_sigterm_checkpoints_and_hands_the_run_over(
     events = requests.get(f"{service.base_url}/api/finetune/{run_id}/events?limit=5000").json()
     steps = [e["step"] for e in events["events"] if e["type"] == "progress"]
     assert steps == list(range(1, 41))
+    db = Database(service.settings.database_url)
+    with db.session() as session:
+        from shared.models import FineTuneRun
+
+        # a clean hand-over is not a lost worker: it leaves the watchdog's resumes untouched
+        assert session.get(FineTuneRun, run_id).attempts == 0
+    db.dispose()
 
 
 def test_worker_killed_mid_run_is_resumed_from_its_checkpoint(
