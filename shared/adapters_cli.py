@@ -65,7 +65,7 @@ def _export(settings: Settings, adapter_id: str) -> dict[str, Any]:
 
 def _changed(args: argparse.Namespace, state: dict[str, Any]) -> None:
     """Print the new state; with OLLAMA_EXPORT=true, export the now active adapter first (the
-    API queues the same export on the train queue; the CLI does it in this process)."""
+    API queues the same export on the delivery queue; the CLI does it in this process)."""
     active = state.get("adapterId")
     if not (args.settings.ollama_export and active):
         return _print(state)

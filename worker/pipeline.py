@@ -16,13 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import (
-    BackendUnavailableError,
-    CancelledError,
-    HandedOverError,
-    OutOfMemoryError,
-    PipelineError,
-)
+from shared.errors import CancelledError, HandedOverError, OutOfMemoryError, PipelineError
 from shared.events import Emitter
 from shared.fsutil import write_json_atomic
 from shared.logs import run_context
@@ -154,13 +148,12 @@ def export_step(run_id: str) -> dict[str, Any]:
 
 def train_step(run_id: str) -> dict[str, Any]:
     def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
-        from worker.training.job import TrainJob, resolve_backend, unavailable_reason
+        from worker.training.job import TrainJob, require_backend, resolve_backend
         from worker.training.models import resolve_model
+        from worker.watchdog import latest_checkpoint
 
         config = run.config_dict()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
-        from worker.watchdog import latest_checkpoint
-
         # A checkpoint here means a re-queued run: its worker was lost (watchdog) or stopped
         # (SIGTERM). A failed attempt never comes back, and an OOM retry discards its own.
         resume_from = latest_checkpoint(paths.checkpoint_dir)
@@ -171,9 +164,7 @@ def train_step(run_id: str) -> dict[str, Any]:
         export_dir = Path(run.export_dir or "")
         backend = resolve_backend(config["backend"], nproc=rt.settings.nproc)
         rt.runs.update(run.id, backend=backend)
-        problem = unavailable_reason(backend, rt.settings.python_path)
-        if problem:  # before the model is resolved or anything loads
-            raise BackendUnavailableError(problem, suggestion="Set FINETUNE_BACKEND=trl")
+        require_backend(backend, rt.settings.python_path)  # before the model is resolved
         job = TrainJob(
             run_id=run.id,
             config=config,

@@ -56,6 +56,7 @@ def provenance(
 ) -> dict[str, Any]:
     """`training_libraries`: the versions the training process reported (training_args.json);
     Axolotl trains in an environment of its own. The evaluating worker's are kept beside them."""
+    evaluation_libraries = library_versions()
     manifest_path = export_dir / "export_manifest.json"
     export_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     return {
@@ -69,6 +70,6 @@ def provenance(
         "baseModelPath": str(model_path),
         "baseModelRevision": model_revision(model_path),
         "seed": seed,
-        "libraries": training_libraries or library_versions(),
-        "evaluationLibraries": library_versions(),
+        "libraries": training_libraries or evaluation_libraries,
+        "evaluationLibraries": evaluation_libraries,
     }

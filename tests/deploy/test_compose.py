@@ -149,22 +149,26 @@ def test_dockerfiles_copy_what_exists(dockerfile: Path) -> None:
                 assert (REPO / source).exists(), f"{dockerfile.name}: {source}"
 
 
-def test_gunicorn_config_loads_the_app(tmp_path: Path) -> None:
-    env = {
+def _gunicorn(*flags: str) -> list[str]:
+    """The API image's command: gunicorn with deploy/gunicorn.conf.py."""
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    return [gunicorn, *flags, "--config", "deploy/gunicorn.conf.py", "app:create_app()"]
+
+
+def _api_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
         "TRACES_DB_PATH": str(tmp_path / "traces.db"),
+        **extra,
     }
+
+
+def test_gunicorn_config_loads_the_app(tmp_path: Path) -> None:
     result = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("gunicorn")),
-            "--check-config",
-            "--config",
-            "deploy/gunicorn.conf.py",
-            "app:create_app()",
-        ],
+        _gunicorn("--check-config"),
         cwd=REPO,
-        env=env,
+        env=_api_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
@@ -178,23 +182,19 @@ def test_gunicorn_logs_json_lines_without_query_strings(tmp_path: Path) -> None:
     from shared.demo import free_port
 
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
-        "TRACES_DB_PATH": str(tmp_path / "traces.db"),
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
-        "API_WORKERS": "1",
-        "API_THREADS": "4",
-        "LOG_FORMAT": "json",
-    }
+    env = _api_env(
+        tmp_path,
+        API_HOST="127.0.0.1",
+        API_PORT=str(port),
+        API_WORKERS="1",
+        API_THREADS="4",
+        LOG_FORMAT="json",
+    )
     log = tmp_path / "gunicorn.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "--config",
-             "deploy/gunicorn.conf.py", "app:create_app()"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            _gunicorn(), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             _wait_for_path_in(log, "/healthz?access_token", port)
         finally:

@@ -155,13 +155,18 @@ def _axolotl_problem(python_path: str) -> str | None:
     return None
 
 
-def run_backend(job: TrainJob) -> TrainResult:
-    """Train with the backend the job's config names (after `auto`); fail fast, with a fix, when
-    that backend is not installed, instead of a stack trace from deep inside an import."""
-    backend = resolve_backend(job.config["backend"])
-    problem = unavailable_reason(backend, job.python_path)
+def require_backend(backend: str, python_path: str | None = None) -> None:
+    """BackendUnavailableError, with the fix, when `backend` cannot run in this installation:
+    before anything loads, instead of a stack trace from deep inside an import."""
+    problem = unavailable_reason(backend, python_path)
     if problem:
         raise BackendUnavailableError(problem, suggestion="Set FINETUNE_BACKEND=trl")
+
+
+def run_backend(job: TrainJob) -> TrainResult:
+    """Train with the backend the job's config names (after `auto`)."""
+    backend = resolve_backend(job.config["backend"])
+    require_backend(backend, job.python_path)
     if backend == "trl":
         from worker.training.backends import trl_backend
 
