@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.names import RUN_STATUSES, TRIGGERS
+from shared.run_config import FineTuneConfig
 
 
 def utcnow() -> datetime:
@@ -83,7 +84,12 @@ class FineTuneRun(Base):
     promotion: Mapped[str | None] = mapped_column(Text)
 
     def config_dict(self) -> dict[str, Any]:
+        """The stored config as the API shows it (camelCase)."""
         return json.loads(self.config)
+
+    def run_config(self) -> FineTuneConfig:
+        """The stored config, typed: what the pipeline's steps read."""
+        return FineTuneConfig.model_validate_json(self.config)
 
     def metrics_dict(self) -> dict[str, Any] | None:
         return json.loads(self.metrics) if self.metrics else None

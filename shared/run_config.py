@@ -1,18 +1,36 @@
-"""FineTuneConfig: the per-run configuration, with the seed's camelCase names.
+"""FineTuneConfig: the per-run configuration, the only definition of it.
 
-Defaults come from the settings; a request may override any field. Unknown keys and
-out-of-range values are rejected with one message per field, so the API can answer 400
-naming each of them.
+snake_case attributes inside the service, the seed's camelCase names on the wire (HTTP bodies,
+the stored run, training_args.json, manifest.json) through the aliases. The same model
+validates POST /api/finetune, generates the OpenAPI schema and the `train` CLI's flags, and is
+what a TrainJob carries. Defaults come from the settings (the environment); a request may
+override any field. Unknown keys and bad values are rejected with one message per field, so the
+API can answer 400 naming each of them:
+
+    >>> from shared.settings import Settings
+    >>> build_config(Settings(), {"loraRank": 0}).lora_rank
+    Traceback (most recent call last):
+    ...
+    shared.run_config.ConfigError: loraRank: must be an integer between 1 and 1024
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from shared.names import BACKENDS
-from shared.settings import Settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from shared import fields as f
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+UNKNOWN_FIELD = "unknown field (GET /api/finetune/config/default lists the allowed ones)"
+
+# The run-config field -> the setting that supplies its default, where the names differ.
+SETTING_FOR = {"min_quality_score": "min_quality"}
 
 
 class ConfigError(ValueError):
@@ -23,122 +41,71 @@ class ConfigError(ValueError):
         self.errors = errors
 
 
-Check = Callable[[Any], str | None]
+def _setting_default(name: str) -> Any:
+    from shared.settings import Settings
+
+    default = Settings.model_fields[SETTING_FOR.get(name, name)].default
+    return list(default) if isinstance(default, tuple) else default
 
 
-def _int(low: int, high: int) -> Check:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            return f"must be an integer between {low} and {high}"
-        return None
-
-    return check
+def _field(name: str, description: str) -> Any:
+    """A field whose documented default is the setting's built-in default."""
+    return Field(default=_setting_default(name), description=description)
 
 
-def _number(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return "must be a number"
-        too_low = value <= low if low_open else value < low
-        too_high = value >= high if high_open else value > high
-        if too_low or too_high:
-            return f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        return None
+class FineTuneConfig(BaseModel):
+    """A validated run configuration (strict: `"8"` is not an integer, `1` is not `true`)."""
 
-    return check
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,  # the API speaks camelCase only: `lora_rank` is unknown there
+        serialize_by_alias=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+    )
 
-
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
-
-
-def _backend(value: Any) -> str | None:
-    return None if value in BACKENDS else f"must be one of {', '.join(BACKENDS)}"
-
-
-def _modules(value: Any) -> str | None:
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(m, str) and m.isidentifier() for m in value)
-    ):
-        return "must be a non-empty list of module names such as ['q_proj', 'v_proj']"
-    return None
-
-
-def _optional_steps(value: Any) -> str | None:
-    return None if value is None else _int(1, 10_000_000)(value)
-
-
-def _bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-UNKNOWN_FIELD = "unknown field (GET /api/finetune/config/default lists the allowed ones)"
-
-# camelCase name -> check. Order is the order of the documented config.
-CHECKS: dict[str, Check] = {
-    "baseModel": _text,
-    "backend": _backend,
-    "loraRank": _int(1, 1024),
-    "loraAlpha": _int(1, 4096),
-    "loraDropout": _number(0, 0.9),
-    "targetModules": _modules,
-    "epochs": _int(1, 1000),
-    "maxSteps": _optional_steps,
-    "learningRate": _number(0, 1, low_open=True),
-    "batchSize": _int(1, 4096),
-    "gradAccum": _int(1, 4096),
-    "maxSeqLen": _int(16, 1_048_576),
-    "minQualityScore": _number(0, 10),
-    "valSplit": _number(0, 0.5, low_open=True),
-    "seed": _int(0, 2**31 - 1),
-    "evalSteps": _int(1, 10_000_000),
-    "saveSteps": _int(1, 10_000_000),
-    "saveTotalLimit": _int(1, 1000),
-    "loggingSteps": _int(1, 10_000_000),
-    "packing": _bool,
-    "evalSamples": _int(0, 1000),
-}
-
-
-@dataclass(frozen=True)
-class FineTuneConfig:
-    """A validated run configuration. `values` holds every field of CHECKS."""
-
-    values: Mapping[str, Any]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+    base_model: f.NonEmptyText = _field("base_model", "Base model: Ollama tag, HF id or path")
+    backend: f.Backend = _field("backend", "Training backend (auto: unsloth on CUDA, else trl)")
+    lora_rank: f.LoraRank = _field("lora_rank", "LoRA rank r")
+    lora_alpha: f.LoraAlpha = _field("lora_alpha", "LoRA alpha (scale = alpha / r)")
+    lora_dropout: f.LoraDropout = _field("lora_dropout", "Dropout on the LoRA input")
+    target_modules: f.ModuleNames = _field("target_modules", "Modules that get a LoRA")
+    epochs: f.Epochs = _field("epochs", "Passes over the training examples")
+    max_steps: f.Steps | None = Field(
+        default=None, description="Stop after this many optimizer steps (null: epochs decide)"
+    )
+    learning_rate: f.LearningRate = _field("learning_rate", "Peak learning rate")
+    batch_size: f.BatchSize = _field("batch_size", "Examples (rows) per device step")
+    grad_accum: f.BatchSize = _field("grad_accum", "Steps accumulated per optimizer step")
+    max_seq_len: f.SeqLen = _field("max_seq_len", "Tokens per example or packed row")
+    min_quality_score: f.QualityScore = _field("min_quality_score", "Traces below are skipped")
+    val_split: f.ValSplit = _field("val_split", "Share of questions held out for validation")
+    seed: f.Seed = _field("seed", "Seed of the split and of training")
+    eval_steps: f.Steps = _field("eval_steps", "Evaluate every N optimizer steps")
+    save_steps: f.Steps = _field("save_steps", "Checkpoint every N optimizer steps")
+    save_total_limit: f.CheckpointsKept = _field("save_total_limit", "Checkpoints kept")
+    logging_steps: f.Steps = _field("logging_steps", "A progress event every N steps")
+    packing: bool = _field("packing", "Pack short examples into full rows")
+    eval_samples: f.EvalSamples = _field("eval_samples", "Held-out answers generated (EM/ROUGE)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.values)
+        """The camelCase form that is stored, sent and written to training_args.json."""
+        return self.model_dump(mode="json")
+
+
+FIELDS = FineTuneConfig.model_fields
 
 
 def default_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "baseModel": settings.base_model,
-        "backend": settings.backend,
-        "loraRank": settings.lora_rank,
-        "loraAlpha": settings.lora_alpha,
-        "loraDropout": settings.lora_dropout,
-        "targetModules": list(settings.target_modules),
-        "epochs": settings.epochs,
-        "maxSteps": None,
-        "learningRate": settings.learning_rate,
-        "batchSize": settings.batch_size,
-        "gradAccum": settings.grad_accum,
-        "maxSeqLen": settings.max_seq_len,
-        "minQualityScore": settings.min_quality,
-        "valSplit": settings.val_split,
-        "seed": settings.seed,
-        "evalSteps": settings.eval_steps,
-        "saveSteps": settings.save_steps,
-        "saveTotalLimit": settings.save_total_limit,
-        "loggingSteps": settings.logging_steps,
-        "packing": settings.packing,
-        "evalSamples": settings.eval_samples,
-    }
+    """Every field with its default from `settings`, camelCase, in the documented order."""
+    values: dict[str, Any] = {}
+    for name, info in FIELDS.items():
+        setting = SETTING_FOR.get(name, name)
+        value = getattr(settings, setting) if setting in type(settings).model_fields else None
+        values[info.alias or name] = list(value) if isinstance(value, tuple) else value
+    return values
 
 
 def build_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> FineTuneConfig:
@@ -147,12 +114,10 @@ def build_config(settings: Settings, overrides: Mapping[str, Any] | None = None)
         overrides = {}
     if not isinstance(overrides, Mapping):
         raise ConfigError({"config": "must be a JSON object"})
-    errors = {key: UNKNOWN_FIELD for key in overrides if key not in CHECKS}
-    values = {**default_config(settings), **{k: v for k, v in overrides.items() if k in CHECKS}}
-    for key, check in CHECKS.items():
-        problem = check(values[key])
-        if problem:
-            errors[key] = problem
-    if errors:
-        raise ConfigError(errors)
-    return FineTuneConfig(values)
+    try:
+        return FineTuneConfig.model_validate({**default_config(settings), **overrides})
+    except ValidationError as exc:
+        errors = f.field_errors(exc, FIELDS)
+        raise ConfigError(
+            {key: UNKNOWN_FIELD if why == "unknown field" else why for key, why in errors.items()}
+        ) from None

@@ -1,25 +1,34 @@
-"""The one settings object, read from the environment.
+"""The one settings object, read from the environment (pydantic-settings).
 
-Every variable of seed §8.1 is honoured, plus the ones this service adds. A bad value stops
-start-up with a message naming the variable, the value and what is allowed:
+Every variable of seed §8.1 is honoured, plus the ones this service adds. Each field names its
+variable (`validation_alias`), its default and a one-line description; the README's settings
+table is generated from them (`python -m shared.settings`) and a test fails when it drifts. The
+ranges are the run config's own types (shared/fields.py), so `LORA_RANK=2000` and
+`{"loraRank": 2000}` are refused with the same words. A bad value stops start-up with a message
+naming the variable, the value and what is allowed:
 
     >>> from shared.settings import Settings
     >>> Settings.from_env({"FINETUNE_MIN_TRACES": "0"})
     Traceback (most recent call last):
     ...
     shared.settings.SettingsError: FINETUNE_MIN_TRACES='0' is invalid: must be an integer >= 1
+
+`Settings()` reads `os.environ` as any pydantic-settings class does; `Settings.from_env(mapping)`
+validates an explicit environment instead (tests, child processes), with the same messages.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from shared.names import BACKENDS
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared import fields as f
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -29,60 +38,17 @@ class SettingsError(ValueError):
     """A variable of the environment holds a value the service cannot use."""
 
 
-def _env(name: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
-    return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
-
-
-def _int(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            bound = f">= {low}" if high is None else f"between {low} and {high}"
-            raise ValueError(f"must be an integer {bound}")
-        return value
-
-    return parse
-
-
-def _float(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = None
-        if value is None or not (low < value if low_open else low <= value) or value > high:
-            left = "(" if low_open else "["
-            raise ValueError(f"must be a number in {left}{low}, {high}]")
-        return value
-
-    return parse
-
-
-def _bool(raw: str) -> bool:
+def _env_bool(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
     lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
+    if lowered in _TRUE | _FALSE:
+        return lowered in _TRUE
     raise ValueError("must be one of true/false, 1/0, yes/no, on/off")
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return raw
-
-    return parse
-
-
-def _text(raw: str) -> str:
-    if not raw.strip():
-        raise ValueError("must not be empty")
-    return raw.strip()
+def _comma_list(raw: Any) -> Any:
+    return tuple(p.strip() for p in raw.split(",") if p.strip()) if isinstance(raw, str) else raw
 
 
 def _cron(raw: str) -> str:
@@ -93,143 +59,181 @@ def _cron(raw: str) -> str:
     return raw
 
 
-def _redis_url(raw: str) -> str:
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
-    return raw
+def _prefixed(*prefixes: str, message: str) -> AfterValidator:
+    def check(raw: str) -> str:
+        if not raw.startswith(prefixes):
+            raise ValueError(message)
+        return raw
 
-
-def _database_url(raw: str) -> str:
-    if not raw.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
-        raise ValueError("must be a sqlite:/// or postgresql:// URL")
-    return raw
+    return AfterValidator(check)
 
 
 def _secret(raw: str) -> str:
-    if len(raw) < 16:
+    if raw and len(raw) < 16:
         raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
     return raw
 
 
-def _origins(raw: str) -> tuple[str, ...]:
-    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    origins = tuple(o.rstrip("/") for o in origins)
     if not all(o.startswith(("http://", "https://")) for o in origins):
         raise ValueError("must be a comma-separated list of origins like https://ui.example.com")
     return origins
 
 
-def _module_list(raw: str) -> tuple[str, ...]:
-    modules = tuple(part.strip() for part in raw.split(",") if part.strip())
+def _module_tuple(modules: tuple[str, ...]) -> tuple[str, ...]:
     if not modules or not all(m.isidentifier() for m in modules):
         raise ValueError("must be a comma-separated list of module names")
     return modules
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Service configuration. Each field names its environment variable in its metadata."""
+EnvBool = Annotated[bool, BeforeValidator(_env_bool)]
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+Cron = Annotated[str, AfterValidator(_cron)]
+RedisUrl = Annotated[
+    str,
+    _prefixed(
+        "redis://", "rediss://", "unix://", message="must be a redis://, rediss:// or unix:// URL"
+    ),
+]
+DatabaseUrl = Annotated[
+    str,
+    _prefixed(
+        "sqlite://",
+        "postgresql://",
+        "postgresql+psycopg://",
+        message="must be a sqlite:/// or postgresql:// URL",
+    ),
+]
+Secret = Annotated[str, AfterValidator(_secret)]
+Origins = Annotated[CommaList, AfterValidator(_origins)]
+Modules = Annotated[CommaList, AfterValidator(_module_tuple)]
+AtLeast1 = Annotated[int, Field(ge=1)]
+
+
+def _env(name: str, default: Any, description: str) -> Any:
+    return Field(default=default, validation_alias=name, description=description)
+
+
+class Settings(BaseSettings):
+    """Service configuration. Each field's `validation_alias` is its environment variable."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        validate_by_name=True,  # Settings(lora_rank=8) in code, LORA_RANK=8 in the environment
+        extra="ignore",
+        case_sensitive=True,
+        env_ignore_empty=True,
+    )
 
     # --- seed §8.1 ---
-    min_traces: int = _env("FINETUNE_MIN_TRACES", 50, _int(1), "Minimum traces required")
-    min_quality: float = _env("FINETUNE_MIN_QUALITY", 8.0, _float(0, 10), "Minimum quality score")
-    schedule: str = _env("FINETUNE_SCHEDULE", "0 2 * * 0", _cron, "Cron schedule")
-    enabled: bool = _env("FINETUNE_ENABLED", True, _bool, "Enable/disable scheduler")
-    backend: str = _env("FINETUNE_BACKEND", "auto", _choice(*BACKENDS), "Training backend")
-    lora_rank: int = _env("LORA_RANK", 16, _int(1, 1024), "LoRA rank")
-    lora_alpha: int = _env("LORA_ALPHA", 32, _int(1, 4096), "LoRA alpha")
-    lora_output_dir: Path = _env("LORA_OUTPUT_DIR", Path("data/lora-adapters"), Path, "Adapters")
-    temp_dir: Path = _env("FINETUNE_TEMP_DIR", Path("data/finetune_temp"), Path, "Export dirs")
-    python_path: str = _env("PYTHON_PATH", "python3", _text, "Python for subprocess backends")
+    min_traces: AtLeast1 = _env(
+        "FINETUNE_MIN_TRACES", 50, "minimum qualifying traces to start a run (422 below it)"
+    )
+    min_quality: f.QualityScore = _env(
+        "FINETUNE_MIN_QUALITY", 8.0, "minimum quality score (0-10) of exported traces"
+    )
+    schedule: Cron = _env(
+        "FINETUNE_SCHEDULE", "0 2 * * 0", "cron schedule for scheduled retraining (`beat`)"
+    )
+    enabled: EnvBool = _env("FINETUNE_ENABLED", True, "enable the scheduler")
+    backend: f.Backend = _env("FINETUNE_BACKEND", "auto", "training backend")
+    lora_rank: f.LoraRank = _env("LORA_RANK", 16, "LoRA rank")
+    lora_alpha: f.LoraAlpha = _env("LORA_ALPHA", 32, "LoRA alpha")
+    lora_output_dir: Path = _env("LORA_OUTPUT_DIR", Path("data/lora-adapters"), "adapter registry")
+    temp_dir: Path = _env("FINETUNE_TEMP_DIR", Path("data/finetune_temp"), "export folders")
+    python_path: f.NonEmptyText = _env(
+        "PYTHON_PATH", "python3", "interpreter for subprocess-based backends (Axolotl)"
+    )
     scripts_dir: Path = _env(
-        "FINETUNE_SCRIPTS_DIR", Path("worker"), Path, "Superseded: the scripts are `worker` modules"
+        "FINETUNE_SCRIPTS_DIR", Path("worker"), "accepted for compatibility; now `worker` modules"
     )
-    max_seq_len: int = _env("FINETUNE_MAX_SEQ_LEN", 4096, _int(16, 1_048_576), "Max sequence len")
-    epochs: int = _env("FINETUNE_EPOCHS", 3, _int(1, 1000), "Training epochs")
-    learning_rate: float = _env("FINETUNE_LR", 2e-4, _float(0, 1, low_open=True), "Learning rate")
-    batch_size: int = _env("FINETUNE_BATCH_SIZE", 4, _int(1, 4096), "Batch size")
-    grad_accum: int = _env("FINETUNE_GRAD_ACCUM", 4, _int(1, 4096), "Gradient accumulation")
+    max_seq_len: f.SeqLen = _env("FINETUNE_MAX_SEQ_LEN", 4096, "max tokens per row")
+    epochs: f.Epochs = _env("FINETUNE_EPOCHS", 3, "training epochs")
+    learning_rate: f.LearningRate = _env("FINETUNE_LR", 2e-4, "learning rate")
+    batch_size: f.BatchSize = _env("FINETUNE_BATCH_SIZE", 4, "micro-batch (rows per step)")
+    grad_accum: f.BatchSize = _env("FINETUNE_GRAD_ACCUM", 4, "gradient accumulation steps")
     # --- added by this service ---
-    database_url: str = _env(
-        "DATABASE_URL", "sqlite:///data/traces.db", _database_url, "Runs database"
+    database_url: DatabaseUrl = _env(
+        "DATABASE_URL", "sqlite:///data/traces.db", "runs database (SQLite WAL or postgresql://)"
     )
-    traces_db_path: Path = _env("TRACES_DB_PATH", Path("data/traces.db"), Path, "Trace store")
-    redis_url: str = _env("REDIS_URL", "redis://localhost:6379/0", _redis_url, "Broker + pubsub")
-    base_model: str = _env("FINETUNE_BASE_MODEL", "qwen3:32b", _text, "Base model (tag/id/path)")
-    lora_dropout: float = _env("LORA_DROPOUT", 0.05, _float(0, 0.9), "LoRA dropout")
-    target_modules: tuple[str, ...] = _env(
+    traces_db_path: Path = _env("TRACES_DB_PATH", Path("data/traces.db"), "trace store")
+    redis_url: RedisUrl = _env("REDIS_URL", "redis://localhost:6379/0", "broker, results, pub/sub")
+    base_model: f.NonEmptyText = _env(
+        "FINETUNE_BASE_MODEL", "qwen3:32b", "default base model (Ollama tag, HF id or path)"
+    )
+    lora_dropout: f.LoraDropout = _env("LORA_DROPOUT", 0.05, "LoRA dropout")
+    target_modules: Modules = _env(
         "LORA_TARGET_MODULES",
         ("q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "down_proj", "up_proj"),
-        _module_list,
         "LoRA target modules (comma-separated)",
     )
-    val_split: float = _env("FINETUNE_VAL_SPLIT", 0.1, _float(0, 0.5, low_open=True), "Val share")
-    seed: int = _env("FINETUNE_SEED", 42, _int(0, 2**31 - 1), "Random seed (split and training)")
-    eval_steps: int = _env("FINETUNE_EVAL_STEPS", 50, _int(1, 10_000_000), "Evaluate every N steps")
-    save_steps: int = _env(
-        "FINETUNE_SAVE_STEPS", 100, _int(1, 10_000_000), "Checkpoint every N steps"
+    val_split: f.ValSplit = _env("FINETUNE_VAL_SPLIT", 0.1, "share of questions held out")
+    seed: f.Seed = _env("FINETUNE_SEED", 42, "random seed (split and training)")
+    eval_steps: f.Steps = _env("FINETUNE_EVAL_STEPS", 50, "evaluate every N optimizer steps")
+    save_steps: f.Steps = _env("FINETUNE_SAVE_STEPS", 100, "checkpoint every N optimizer steps")
+    save_total_limit: f.CheckpointsKept = _env("FINETUNE_SAVE_TOTAL_LIMIT", 3, "checkpoints kept")
+    logging_steps: f.Steps = _env(
+        "FINETUNE_LOGGING_STEPS", 1, "a progress event every N optimizer steps"
     )
-    save_total_limit: int = _env("FINETUNE_SAVE_TOTAL_LIMIT", 3, _int(1, 1000), "Checkpoints kept")
-    logging_steps: int = _env(
-        "FINETUNE_LOGGING_STEPS", 1, _int(1, 10_000_000), "Progress event every N steps"
+    packing: EnvBool = _env("FINETUNE_PACKING", True, "pack short examples into full rows")
+    eval_samples: f.EvalSamples = _env(
+        "FINETUNE_EVAL_SAMPLES", 16, "held-out questions answered by base and adapter (EM/ROUGE-L)"
     )
-    packing: bool = _env("FINETUNE_PACKING", True, _bool, "Pack short examples into full rows")
-    eval_samples: int = _env(
-        "FINETUNE_EVAL_SAMPLES", 16, _int(0, 1000), "Held-out answers generated (EM / ROUGE-L)"
+    eval_max_new_tokens: Annotated[int, Field(ge=8, le=8192)] = _env(
+        "FINETUNE_EVAL_MAX_NEW_TOKENS", 256, "answer length cap in the generation check"
     )
-    eval_max_new_tokens: int = _env(
-        "FINETUNE_EVAL_MAX_NEW_TOKENS", 256, _int(8, 8192), "Answer length cap in generation eval"
+    heartbeat_timeout: Annotated[int, Field(ge=5)] = _env(
+        "FINETUNE_HEARTBEAT_TIMEOUT", 60, "seconds without a heartbeat before the watchdog acts"
     )
-    heartbeat_timeout: int = _env("FINETUNE_HEARTBEAT_TIMEOUT", 60, _int(5), "Seconds = hung")
-    nproc: int = _env(
-        "FINETUNE_NPROC", 1, _int(1, 64), "Processes (GPUs) per run; > 1 launches torchrun DDP"
+    nproc: Annotated[int, Field(ge=1, le=64)] = _env(
+        "FINETUNE_NPROC", 1, "processes (GPUs) per run; > 1 launches torchrun DDP (trl)"
     )
-    oom_retries: int = _env(
-        "FINETUNE_OOM_RETRIES", 1, _int(0, 8), "OOM retries with half the micro-batch"
+    oom_retries: Annotated[int, Field(ge=0, le=8)] = _env(
+        "FINETUNE_OOM_RETRIES", 1, "OOM retries with half the micro-batch, double accumulation"
     )
-    promote_min_delta: float = _env(
-        "FINETUNE_PROMOTE_MIN_DELTA", 0.01, _float(0, 100), "Val-loss gain needed to auto-activate"
+    promote_min_delta: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = _env(
+        "FINETUNE_PROMOTE_MIN_DELTA", 0.01, "validation-loss gain an adapter needs to activate"
     )
-    auto_activate: bool = _env(
-        "FINETUNE_AUTO_ACTIVATE", True, _bool, "Activate an adapter that passes the gate"
+    auto_activate: EnvBool = _env(
+        "FINETUNE_AUTO_ACTIVATE", True, "activate an adapter that passes the gate"
     )
-    lora_keep: int = _env("LORA_KEEP", 10, _int(1, 100_000), "Adapters kept (+tagged, active)")
-    ollama_export: bool = _env(
-        "OLLAMA_EXPORT", False, _bool, "Export GGUF LoRA + Modelfile on activation"
+    lora_keep: Annotated[int, Field(ge=1, le=100_000)] = _env(
+        "LORA_KEEP", 10, "adapters kept by retention (plus tagged, active, rollback target)"
     )
-    model_cache_dir: Path = _env("MODEL_CACHE_DIR", Path("data/models"), Path, "Converted models")
-    log_dir: Path = _env("FINETUNE_LOG_DIR", Path("data/finetune_logs"), Path, "Run logs")
-    api_host: str = _env("API_HOST", "127.0.0.1", _text, "API bind address")
-    api_port: int = _env("API_PORT", 8000, _int(1, 65535), "API port")
-    api_token: str = _env(
-        "API_TOKEN", "", _secret, "Bearer token required on /api when set (empty: no auth)"
+    ollama_export: EnvBool = _env(
+        "OLLAMA_EXPORT", False, "on activation, also write a GGUF LoRA + Ollama Modelfile"
     )
-    cors_origins: tuple[str, ...] = _env(
-        "CORS_ORIGINS", (), _origins, "Origins allowed to call the API from a browser (none)"
+    model_cache_dir: Path = _env("MODEL_CACHE_DIR", Path("data/models"), "converted models")
+    log_dir: Path = _env("FINETUNE_LOG_DIR", Path("data/finetune_logs"), "run logs")
+    api_host: f.NonEmptyText = _env("API_HOST", "127.0.0.1", "API bind address")
+    api_port: Annotated[int, Field(ge=1, le=65535)] = _env("API_PORT", 8000, "API port")
+    api_token: Secret = _env(
+        "API_TOKEN", "", "bearer token required on /api (empty: no auth); >= 16 characters"
     )
-    log_format: str = _env("LOG_FORMAT", "text", _choice("text", "json"), "Log lines: text/json")
-    torch_threads: int = _env("FINETUNE_TORCH_THREADS", 0, _int(0, 1024), "0 = torch's default")
+    cors_origins: Origins = _env(
+        "CORS_ORIGINS", (), "comma-separated origins allowed to call the API from a browser"
+    )
+    log_format: Literal["text", "json"] = _env(
+        "LOG_FORMAT", "text", "`json`: one JSON object per line with run_id"
+    )
+    torch_threads: Annotated[int, Field(ge=0, le=1024)] = _env(
+        "FINETUNE_TORCH_THREADS", 0, "CPU threads for torch in a task (0 = torch's default)"
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from `environ` (default `os.environ`); SettingsError on bad input."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for spec in dataclasses.fields(cls):
-            name = spec.metadata["env"]
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                continue
-            try:
-                values[spec.name] = spec.metadata["parse"](raw)
-            except ValueError as exc:
-                problems.append(f"{name}={raw!r} is invalid: {exc}")
-        if problems:
-            raise SettingsError("; ".join(problems))
-        return cls(**values)
+        names = {info.validation_alias for info in cls.model_fields.values()}
+        values = {k: v for k, v in environ.items() if k in names and v != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_problems(exc, values)) from None
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        return self.model_copy(update=changes)
 
     @property
     def data_dir(self) -> Path:
@@ -240,12 +244,44 @@ class Settings:
         return self.lora_output_dir / "active.json"
 
 
-def describe() -> list[tuple[str, str, str]]:
-    """(variable, default, description) for every setting: the README table comes from this."""
+def _problems(exc: ValidationError, values: Mapping[str, str]) -> str:
+    by_env = {str(info.validation_alias): info for info in Settings.model_fields.values()}
+    reasons = f.field_errors(exc, by_env, by_alias=False)
+    return "; ".join(
+        f"{name}={values.get(name)!r} is invalid: {why}" for name, why in reasons.items()
+    )
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(variable, default, allowed values, description) for every setting: the README table."""
     rows = []
-    for spec in dataclasses.fields(Settings):
-        default = spec.default
+    for info in Settings.model_fields.values():
+        default = info.default
         if isinstance(default, tuple):
             default = ",".join(default)
-        rows.append((spec.metadata["env"], str(default), spec.metadata["doc"]))
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        rows.append((str(info.validation_alias), str(default), _allowed(info), info.description))
     return rows
+
+
+def _allowed(info: Any) -> str:
+    """`an integer between 1 and 1024`, for typed fields; empty where the text says it."""
+    if info.annotation in (str, Path, tuple[str, ...]):
+        return ""
+    if info.annotation is bool:
+        return "true/false, 1/0, yes/no, on/off"
+    return f.allowed(info).removeprefix("must be ")
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated: `python -m shared.settings` prints it."""
+    lines = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
+    for name, default, allowed, doc in describe():
+        shown = f"`{default}`" if default else "empty"
+        lines.append(f"| `{name}` | {shown} | {allowed} | {doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

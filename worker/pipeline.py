@@ -30,6 +30,7 @@ from shared.names import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
+    ErrorCode,
 )
 from shared.runs import RunNotFoundError
 from shared.traces import TraceStore
@@ -68,7 +69,7 @@ def _fail(rt: Runtime, run: FineTuneRun, emitter: Emitter, exc: Exception) -> di
         code, message, suggestion = exc.code, exc.message, exc.suggestion
     else:
         log.error("run %s failed unexpectedly:\n%s", run.id, traceback.format_exc())
-        code, message, suggestion = "GENERAL", f"{type(exc).__name__}: {exc}", None
+        code, message, suggestion = ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}", None
     rt.runs.finish(run.id, STATUS_FAILED, error_code=code, error_message=message)
     emitter.emit("error", code=code, message=message, suggestion=suggestion, status=STATUS_FAILED)
     return {"status": STATUS_FAILED, "code": code}
@@ -119,14 +120,14 @@ def export_step(run_id: str) -> dict[str, Any]:
     def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
         from worker.export import export_traces
 
-        config = run.config_dict()
+        config = run.run_config()
         output_dir = rt.settings.temp_dir / run.id
         result = export_traces(
             TraceStore(rt.settings.traces_db_path),
-            min_quality=config["minQualityScore"],
+            min_quality=config.min_quality_score,
             output_dir=output_dir,
-            val_split=config["valSplit"],
-            seed=config["seed"],
+            val_split=config.val_split,
+            seed=config.seed,
         )
         rt.runs.update(
             run.id,
@@ -148,11 +149,12 @@ def export_step(run_id: str) -> dict[str, Any]:
 
 def train_step(run_id: str) -> dict[str, Any]:
     def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
-        from worker.training.job import TrainJob, require_backend, resolve_backend
+        from worker.training.backends import require_backend, resolve_backend
+        from worker.training.job import TrainJob
         from worker.training.models import resolve_model
         from worker.watchdog import latest_checkpoint
 
-        config = run.config_dict()
+        config = run.run_config()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
         # A checkpoint here means a re-queued run: its worker was lost (watchdog) or stopped
         # (SIGTERM). A failed attempt never comes back, and an OOM retry discards its own.
@@ -162,13 +164,13 @@ def train_step(run_id: str) -> dict[str, Any]:
         else:
             rt.runs.forget_progress_after(run.id, int(resume_from.name.split("-")[-1]))
         export_dir = Path(run.export_dir or "")
-        backend = resolve_backend(config["backend"], nproc=rt.settings.nproc)
+        backend = resolve_backend(config.backend, nproc=rt.settings.nproc)
         rt.runs.update(run.id, backend=backend)
         require_backend(backend, rt.settings.python_path)  # before the model is resolved
         job = TrainJob(
             run_id=run.id,
             config=config,
-            model_path=resolve_model(config["baseModel"], rt.settings.model_cache_dir, backend),
+            model_path=resolve_model(config.base_model, rt.settings.model_cache_dir, backend),
             train_path=export_dir / "train.jsonl",
             val_path=export_dir / "val.jsonl",
             adapter_dir=paths.staging_dir,
@@ -198,7 +200,7 @@ def train_step(run_id: str) -> dict[str, Any]:
 def _train_with_oom_retries(rt: Runtime, run_id: str, job: Any, emitter: Emitter) -> Any:
     """Seed §9.2 plus retries: on OOM, halve the micro-batch and double the accumulation (the
     same effective batch) up to FINETUNE_OOM_RETRIES times, then fail with code OOM."""
-    from worker.training.job import run_backend
+    from worker.training.backends import run_backend
 
     nproc = rt.settings.nproc
     retries = 0
@@ -213,22 +215,20 @@ def _train_with_oom_retries(rt: Runtime, run_id: str, job: Any, emitter: Emitter
             result.metrics["oom_retries"] = retries
             return result
         except OutOfMemoryError:
-            batch = job.config["batchSize"]
+            batch = job.config.batch_size
             if retries >= rt.settings.oom_retries or batch == 1:
                 raise
             retries += 1
-            job.config = {
-                **job.config,
-                "batchSize": batch // 2,
-                "gradAccum": job.config["gradAccum"] * 2,
-            }
-            rt.runs.update(run_id, config=json.dumps(job.config))
+            job.config = job.config.model_copy(
+                update={"batch_size": batch // 2, "grad_accum": job.config.grad_accum * 2}
+            )
+            rt.runs.update(run_id, config=json.dumps(job.config.to_dict()))
             log.warning(
                 "run %s: out of memory at batch %d; retrying with batch %d x accum %d",
                 run_id,
                 batch,
                 batch // 2,
-                job.config["gradAccum"],
+                job.config.grad_accum,
             )
             _free_accelerator_memory()
             RunPaths(rt.settings.lora_output_dir, run_id).discard()
@@ -253,12 +253,12 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
         from worker.provenance import provenance
         from worker.training.models import resolve_model
 
-        config = run.config_dict()
+        config = run.run_config()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
         export_dir = Path(run.export_dir or "")
         # the same copy training used (Unsloth's pre-quantized repository where it trained)
         model_path = resolve_model(
-            config["baseModel"], rt.settings.model_cache_dir, run.backend or "trl"
+            config.base_model, rt.settings.model_cache_dir, run.backend or "trl"
         )
         registry = AdapterRegistry(rt.settings.lora_output_dir)
         active_before = registry.active_id()
@@ -267,9 +267,9 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
             model_path,
             paths.staging_dir,
             export_dir / "val.jsonl",
-            max_len=config["maxSeqLen"],
-            batch_size=config["batchSize"],
-            samples=config["evalSamples"],
+            max_len=config.max_seq_len,
+            batch_size=config.batch_size,
+            samples=config.eval_samples,
             torch_threads=rt.settings.torch_threads,
             reference_adapter_dir=reference_dir,
             max_new_tokens=rt.settings.eval_max_new_tokens,
@@ -280,7 +280,7 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
         source = provenance(
             export_dir=export_dir,
             model_path=model_path,
-            seed=config["seed"],
+            seed=config.seed,
             training_libraries=trained.get("libraries"),
         )
         final, metrics = _publish(rt, run, paths, evaluation, source)
@@ -332,7 +332,7 @@ def _publish(
         run_id=run.id,
         base_model=run.base_model,
         backend=run.backend or "trl",
-        config=run.config_dict(),
+        config=run.run_config(),
         metrics=metrics,
         traces_used=run.traces_used or 0,
         train_examples=run.train_examples or 0,

@@ -52,7 +52,7 @@ def test_services_build_from_dockerfiles_that_exist(compose: dict[str, Any]) -> 
 
 
 def test_environment_names_only_real_settings(compose: dict[str, Any]) -> None:
-    known = {f.metadata["env"] for f in Settings.__dataclass_fields__.values()} | EXTERNAL_ENV
+    known = {str(f.validation_alias) for f in Settings.model_fields.values()} | EXTERNAL_ENV
     for name, service in compose["services"].items():
         if name in ("redis", "postgres"):
             continue
@@ -179,7 +179,7 @@ def test_gunicorn_config_loads_the_app(tmp_path: Path) -> None:
 def test_gunicorn_logs_json_lines_without_query_strings(tmp_path: Path) -> None:
     """The feeds take ?access_token=: gunicorn's access log must not write it, and with
     LOG_FORMAT=json its own lines (boot, access) are JSON like every other line."""
-    from shared.demo import free_port
+    from worker.demo import free_port
 
     port = free_port()
     env = _api_env(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
+import json
+
 import pytest
+from pydantic import ValidationError
 
 from shared.run_config import (
-    CHECKS,
+    FIELDS,
     UNKNOWN_FIELD,
     ConfigError,
     FineTuneConfig,
@@ -70,8 +74,9 @@ def test_defaults_come_from_settings() -> None:
 
 
 def test_default_config_has_exactly_the_checked_fields_in_order(base: Settings) -> None:
-    assert list(default_config(base)) == list(CHECKS)
-    assert list(build_config(base).to_dict()) == list(CHECKS)
+    aliases = [info.alias for info in FIELDS.values()]
+    assert list(default_config(base)) == aliases
+    assert list(build_config(base).to_dict()) == aliases
 
 
 def test_none_and_empty_overrides_give_defaults(base: Settings) -> None:
@@ -82,18 +87,18 @@ def test_none_and_empty_overrides_give_defaults(base: Settings) -> None:
 def test_overrides_replace_only_their_fields(base: Settings) -> None:
     config = build_config(base, {"loraRank": 64, "maxSteps": 20, "learningRate": 1})
     assert isinstance(config, FineTuneConfig)
-    assert config["loraRank"] == 64
-    assert config["maxSteps"] == 20
-    assert config["learningRate"] == 1
-    assert config["epochs"] == base.epochs
-    assert config["baseModel"] == base.base_model
+    assert config.lora_rank == 64
+    assert config.max_steps == 20
+    assert config.learning_rate == 1
+    assert config.epochs == base.epochs
+    assert config.base_model == base.base_model
 
 
 def test_to_dict_is_a_copy(base: Settings) -> None:
     config = build_config(base)
     data = config.to_dict()
     data["loraRank"] = 999
-    assert config["loraRank"] == base.lora_rank
+    assert config.lora_rank == base.lora_rank
 
 
 def test_unknown_keys_are_each_named(base: Settings) -> None:
@@ -118,8 +123,8 @@ def test_one_entry_per_bad_field(base: Settings) -> None:
     assert set(errors) == {"loraRank", "loraAlpha", "learningRate", "valSplit", "backend", "bogus"}
     assert errors["loraRank"] == "must be an integer between 1 and 1024"
     assert errors["loraAlpha"] == "must be an integer between 1 and 4096"
-    assert errors["learningRate"] == "must be in (0, 1]"
-    assert errors["valSplit"] == "must be in (0, 0.5]"
+    assert errors["learningRate"] == "must be a number in (0, 1]"
+    assert errors["valSplit"] == "must be a number in (0, 0.5]"
     assert errors["backend"] == "must be one of auto, trl, unsloth, axolotl"
     # the message joins them all
     message = str(info.value)
@@ -194,7 +199,7 @@ def test_out_of_range_or_wrong_type(base: Settings, field: str, value: object) -
     ],
 )
 def test_boundaries_accepted(base: Settings, field: str, value: object) -> None:
-    assert build_config(base, {field: value})[field] == value
+    assert build_config(base, {field: value}).to_dict()[field] == value
 
 
 @pytest.mark.parametrize(
@@ -211,11 +216,12 @@ def test_bools_are_not_ints(base: Settings, field: str, value: bool) -> None:
 def test_bools_are_not_numbers(base: Settings, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config(base, {field: True})
-    assert info.value.errors == {field: "must be a number"}
+    assert list(info.value.errors) == [field]
+    assert info.value.errors[field].startswith("must be a number in ")
 
 
 def test_ints_are_numbers(base: Settings) -> None:
-    assert build_config(base, {"minQualityScore": 9})["minQualityScore"] == 9
+    assert build_config(base, {"minQualityScore": 9}).min_quality_score == 9
 
 
 @pytest.mark.parametrize(
@@ -241,7 +247,7 @@ def test_target_modules_rejected(base: Settings, modules: object) -> None:
 
 def test_target_modules_accepted(base: Settings) -> None:
     config = build_config(base, {"targetModules": ["q_proj", "v_proj", "lm_head"]})
-    assert config["targetModules"] == ["q_proj", "v_proj", "lm_head"]
+    assert config.target_modules == ["q_proj", "v_proj", "lm_head"]
 
 
 @pytest.mark.parametrize("overrides", [[1, 2], "loraRank=8", 3])
@@ -255,3 +261,32 @@ def test_config_error_is_a_value_error() -> None:
     error = ConfigError({"a": "bad", "b": "worse"})
     assert isinstance(error, ValueError)
     assert str(error) == "a: bad; b: worse"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("field", ["loraDropout", "learningRate", "minQualityScore", "valSplit"])
+def test_non_finite_numbers_are_refused(base: Settings, field: str, value: float) -> None:
+    # a NaN stored in a run would make every later JSON answer invalid (bare `NaN`)
+    with pytest.raises(ConfigError) as info:
+        build_config(base, {field: value})
+    assert list(info.value.errors) == [field]
+
+
+def test_the_model_is_frozen_and_derived_with_model_copy(base: Settings) -> None:
+    config = build_config(base, {"batchSize": 4, "gradAccum": 2})
+    with pytest.raises(ValidationError, match="frozen"):
+        config.batch_size = 2  # type: ignore[misc]
+    halved = config.model_copy(update={"batch_size": 2, "grad_accum": 4})
+    assert (halved.batch_size, halved.grad_accum, config.batch_size) == (2, 4, 4)
+    assert FineTuneConfig.model_validate(halved.to_dict()) == halved
+
+
+def test_stored_form_round_trips(base: Settings) -> None:
+    config = build_config(base, {"maxSteps": 7, "targetModules": ["q_proj"]})
+    assert FineTuneConfig.model_validate_json(json.dumps(config.to_dict())) == config
+
+
+def test_module_doctest() -> None:
+    import shared.run_config
+
+    assert doctest.testmod(shared.run_config).failed == 0

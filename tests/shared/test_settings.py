@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import doctest
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.run_config import build_config
-from shared.settings import Settings, SettingsError, describe
+from shared.settings import Settings, SettingsError, describe, markdown_table
 
 # One valid, non-default value for every variable, and what it must parse to.
 VALID: dict[str, tuple[str, str, object]] = {
@@ -90,7 +90,7 @@ SEED_VARIABLES = [
 
 
 def _env_names() -> list[str]:
-    return [spec.metadata["env"] for spec in dataclasses.fields(Settings)]
+    return [str(info.validation_alias) for info in Settings.model_fields.values()]
 
 
 def test_valid_table_covers_every_variable() -> None:
@@ -126,7 +126,7 @@ def test_each_variable_parses(variable: str) -> None:
     assert getattr(settings, attribute) == expected
     assert getattr(Settings(), attribute) != expected, "pick a non-default value"
     # nothing else moved
-    others = {f.name for f in dataclasses.fields(Settings)} - {attribute}
+    others = set(Settings.model_fields) - {attribute}
     assert all(getattr(settings, name) == getattr(Settings(), name) for name in others)
 
 
@@ -206,8 +206,8 @@ def test_bool_false(raw: str) -> None:
         ("FINETUNE_BACKEND", "pytorch", "must be one of auto, trl, unsloth, axolotl"),
         ("FINETUNE_BACKEND", "TRL", "must be one of auto, trl, unsloth, axolotl"),
         # empty text and lists
-        ("FINETUNE_BASE_MODEL", "   ", "must not be empty"),
-        ("PYTHON_PATH", " ", "must not be empty"),
+        ("FINETUNE_BASE_MODEL", "   ", "must be a non-empty string"),
+        ("PYTHON_PATH", " ", "must be a non-empty string"),
         ("LORA_TARGET_MODULES", " , ,", "must be a comma-separated list of module names"),
         ("LORA_TARGET_MODULES", "q_proj,v-proj", "must be a comma-separated list of module names"),
     ],
@@ -296,13 +296,22 @@ def test_replace_and_derived_paths(tmp_path: Path) -> None:
     settings = Settings().replace(lora_output_dir=tmp_path / "data" / "lora-adapters")
     assert settings.data_dir == tmp_path / "data"
     assert settings.active_adapter_file == tmp_path / "data" / "lora-adapters" / "active.json"
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         settings.epochs = 9  # type: ignore[misc]
 
 
 def test_describe_lists_every_variable_with_its_default() -> None:
-    rows = {name: (default, doc) for name, default, doc in describe()}
+    rows = {name: (default, allowed, doc) for name, default, allowed, doc in describe()}
     assert list(rows) == _env_names()
-    assert rows["FINETUNE_MIN_TRACES"][0] == "50"
+    assert rows["FINETUNE_MIN_TRACES"][:2] == ("50", "an integer >= 1")
+    assert rows["LORA_RANK"][1] == "an integer between 1 and 1024"
     assert rows["LORA_TARGET_MODULES"][0].split(",")[:2] == ["q_proj", "v_proj"]
-    assert all(doc for _, doc in rows.values())
+    assert all(doc for _, _, doc in rows.values())
+
+
+def test_readme_settings_table_is_the_generated_one() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert markdown_table() + "\n" in readme, (
+        "README.md's settings table differs from the settings model: "
+        "regenerate it with `python -m shared.settings`"
+    )

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from shared.fsutil import folder_digest
+from shared.manifest import MANIFEST_CONFIG_FIELDS, ManifestMetrics
+from shared.run_config import FIELDS, build_config
+from shared.settings import Settings
 from worker.training import artifacts
 
 CONFIG = {
@@ -30,7 +33,7 @@ def _manifest() -> dict:
         run_id="run_1",
         base_model="smollm2:135m",
         backend="trl",
-        config=CONFIG,
+        config=build_config(Settings(), CONFIG),
         metrics={"final_train_loss": 1.0, "total_steps": 3, "peak_vram_gb": None, "extra": 5},
         traces_used=10,
         train_examples=9,
@@ -52,7 +55,8 @@ def test_publish_seals_and_renames(tmp_path: Path) -> None:
     )
     assert manifest["metrics"] == {"finalTrainLoss": 1.0, "totalSteps": 3, "peakVramGb": None}
     assert manifest["isActive"] is False and manifest["tags"] == []
-    assert manifest["config"]["loraRank"] == 8
+    assert manifest["config"] == CONFIG  # exactly the training fields, camelCase
+    assert manifest["metrics"] == {"finalTrainLoss": 1.0, "totalSteps": 3, "peakVramGb": None}
 
 
 def test_publish_never_overwrites(tmp_path: Path) -> None:
@@ -69,3 +73,9 @@ def test_digest_changes_with_any_byte(tmp_path: Path) -> None:
     first = folder_digest(tmp_path)
     (tmp_path / "a").write_bytes(b"2")
     assert folder_digest(tmp_path) != first
+
+
+def test_manifest_names_are_the_models_aliases() -> None:
+    assert set(CONFIG) == {FIELDS[name].alias for name in MANIFEST_CONFIG_FIELDS}
+    aliases = {info.alias for info in ManifestMetrics.model_fields.values()}
+    assert {"finalValLoss", "peakVramGb", "baseRougeL", "rougeLExamples"} <= aliases

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.fields import base_type, constraints
+from shared.run_config import FIELDS, ConfigError
+from shared.settings import Settings
 from worker.training import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,8 +82,38 @@ def test_unknown_model_exits_4(
     assert captured.err.startswith("ERROR: Unknown model tag")
 
 
-def test_bad_arguments_exit_1(tiny_model: Path, export_dir: Path, tmp_path: Path) -> None:
+def test_bad_arguments_exit_1(
+    tiny_model: Path, export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(_args(tiny_model, export_dir, tmp_path / "o", "--lora-rank", "0")) == 1
+    assert "--lora-rank: must be an integer between 1 and 1024" in capsys.readouterr().err
+
+
+def test_every_training_field_of_the_run_config_has_a_flag() -> None:
+    flags = cli.config_flags()
+    assert set(flags) == set(FIELDS) - set(cli.EXPORT_ONLY)
+    assert flags["learning_rate"] == "--lr" and flags["lora_rank"] == "--lora-rank"
+
+
+def test_flags_map_onto_the_config_with_setting_defaults_elsewhere() -> None:
+    argv = ["--train-data", "t", "--val-data", "v", "--output-dir", "o"]
+    argv += ["--max-steps", "5", "--lr", "1e-3", "--no-packing", "--target-modules", "q_proj"]
+    config = cli.config_from_args(cli.parse_args(argv), Settings(epochs=7))
+    assert (config.max_steps, config.learning_rate, config.packing) == (5, 1e-3, False)
+    assert config.target_modules == ["q_proj"] and config.epochs == 7
+
+
+@pytest.mark.parametrize("name", sorted(set(FIELDS) - set(cli.EXPORT_ONLY)))
+def test_each_flag_refuses_one_past_its_documented_bound(name: str) -> None:
+    bounds = constraints(FIELDS[name])
+    if "le" not in bounds:
+        pytest.skip(f"{name} has no upper bound")
+    too_big = bounds["le"] + (1 if base_type(FIELDS[name]) is int else 0.01)
+    argv = ["--train-data", "t", "--val-data", "v", "--output-dir", "o"]
+    args = cli.parse_args([*argv, cli.config_flags()[name], str(too_big)])
+    with pytest.raises(ConfigError) as info:
+        cli.config_from_args(args, Settings())
+    assert list(info.value.errors) == [FIELDS[name].alias]
 
 
 def test_sigint_cancels_cleanly_with_exit_130(

@@ -18,32 +18,9 @@ from typing import Any
 
 from shared.events import utc_timestamp
 from shared.fsutil import folder_digest, write_json_atomic
+from shared.manifest import manifest_config, manifest_metrics
 from shared.registry import MANIFEST, SEALED_EXCLUDES
-
-# seed §5.1 metric names -> manifest §6.1 names
-METRIC_NAMES = {
-    "final_train_loss": "finalTrainLoss",
-    "final_val_loss": "finalValLoss",
-    "best_val_loss": "bestValLoss",
-    "total_steps": "totalSteps",
-    "training_time_seconds": "trainingTimeSeconds",
-    "peak_vram_gb": "peakVramGb",
-    "peak_ram_gb": "peakRamGb",
-    "base_val_loss": "baseValLoss",
-    "adapter_val_loss": "adapterValLoss",
-    "base_perplexity": "basePerplexity",
-    "adapter_perplexity": "adapterPerplexity",
-    "tokens_per_second": "tokensPerSecond",
-    "train_tokens": "trainTokens",
-    "reference_val_loss": "referenceValLoss",
-    "generation_examples": "generationExamples",
-    "base_exact_match": "baseExactMatch",
-    "adapter_exact_match": "adapterExactMatch",
-    "exact_match_examples": "exactMatchExamples",
-    "base_rouge_l": "baseRougeL",
-    "adapter_rouge_l": "adapterRougeL",
-    "rouge_l_examples": "rougeLExamples",
-}
+from shared.run_config import FineTuneConfig
 
 
 @dataclass(frozen=True)
@@ -71,16 +48,12 @@ class RunPaths:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def camel_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {METRIC_NAMES[k]: v for k, v in metrics.items() if k in METRIC_NAMES}
-
-
 def build_manifest(
     *,
     run_id: str,
     base_model: str,
     backend: str,
-    config: dict[str, Any],
+    config: FineTuneConfig,
     metrics: dict[str, Any],
     traces_used: int,
     train_examples: int,
@@ -100,20 +73,8 @@ def build_manifest(
         "tags": [],
         "sizeBytes": 0,
         "sha256": "",
-        "config": {
-            "loraRank": config["loraRank"],
-            "loraAlpha": config["loraAlpha"],
-            "loraDropout": config["loraDropout"],
-            "targetModules": config["targetModules"],
-            "learningRate": config["learningRate"],
-            "batchSize": config["batchSize"],
-            "gradAccum": config["gradAccum"],
-            "epochs": config["epochs"],
-            "maxSteps": config["maxSteps"],
-            "maxSeqLen": config["maxSeqLen"],
-            "seed": config["seed"],
-        },
-        "metrics": camel_metrics(metrics),
+        "config": manifest_config(config),
+        "metrics": manifest_metrics(metrics),
         "provenance": provenance,
     }
 

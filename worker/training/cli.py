@@ -20,60 +20,92 @@ import argparse
 import shutil
 import signal
 import sys
+import typing
 from pathlib import Path
+from typing import Any
+
+from pydantic.fields import FieldInfo
 
 from shared.errors import InsufficientDataError, PipelineError
 from shared.events import Emitter, stdout_sink
+from shared.fields import allowed, base_type
 from shared.names import ExitCode
-from shared.run_config import ConfigError, build_config
+from shared.run_config import FIELDS, ConfigError, FineTuneConfig, build_config
 from shared.settings import Settings
 
+# Fields that decide the export (which traces, which split, how many answers are generated
+# after training), not this script: its data is already split into --train-data / --val-data.
+EXPORT_ONLY = ("min_quality_score", "val_split", "eval_samples")
+# The seed's short spellings (§2.5); every field also has its own `--field-name` flag.
+SEED_FLAGS = {"learning_rate": "--lr"}
 
-def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
+
+def config_flags() -> dict[str, str]:
+    """FineTuneConfig field -> its flag, for every field this script takes."""
+    return {
+        name: SEED_FLAGS.get(name, "--" + name.replace("_", "-"))
+        for name in FIELDS
+        if name not in EXPORT_ONLY
+    }
+
+
+def _add_config_flag(
+    parser: argparse.ArgumentParser, name: str, flag: str, info: FieldInfo
+) -> None:
+    """One flag from one field: its type, choices and help (with the allowed range) come from
+    the model; the default stays None so that an unset flag takes the setting's default."""
+    annotation = base_type(info)
+    options: dict[str, Any] = {"dest": name, "default": None}
+    options["help"] = f"{info.description}; {allowed(info).removeprefix('must be ')}"
+    if annotation is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(annotation) is typing.Literal:
+        options["choices"] = typing.get_args(annotation)
+    elif typing.get_origin(annotation) is list:
+        options["nargs"] = "+"
+        options["metavar"] = "MODULE"
+    else:
+        options["type"] = annotation
+    flags = (
+        [flag]
+        if flag.startswith("--" + name.replace("_", "-"))
+        else [flag, "--" + name.replace("_", "-")]
+    )
+    parser.add_argument(*flags, **options)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tmde-finetune train", description="LoRA fine-tuning.")
-    p.add_argument("--base-model", default=settings.base_model)
     p.add_argument("--train-data", required=True, type=Path)
     p.add_argument("--val-data", required=True, type=Path)
     p.add_argument("--output-dir", required=True, type=Path)
-    p.add_argument("--lora-rank", type=int, default=settings.lora_rank)
-    p.add_argument("--lora-alpha", type=int, default=settings.lora_alpha)
-    p.add_argument("--epochs", type=int, default=settings.epochs)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
-    p.add_argument("--lr", type=float, default=settings.learning_rate)
-    p.add_argument("--batch-size", type=int, default=settings.batch_size)
-    p.add_argument("--grad-accum", type=int, default=settings.grad_accum)
-    p.add_argument("--max-seq-len", type=int, default=settings.max_seq_len)
-    p.add_argument("--eval-steps", type=int, default=settings.eval_steps)
-    p.add_argument("--save-steps", type=int, default=settings.save_steps)
-    p.add_argument("--backend", default=settings.backend)
-    p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--run-id", default="cli")
+    for name, flag in config_flags().items():
+        _add_config_flag(p, name, flag, FIELDS[name])
     return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace, settings: Settings) -> FineTuneConfig:
+    """The run config: the settings' defaults, with every flag that was given."""
+    given = {
+        FIELDS[name].alias: getattr(args, name)
+        for name in config_flags()
+        if getattr(args, name) is not None
+    }
+    return build_config(settings, given)
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
-    args = parse_args(argv, settings)
+    args = parse_args(argv)
     emitter = Emitter(args.run_id, [stdout_sink()])
-    overrides = {
-        "baseModel": args.base_model,
-        "backend": args.backend,
-        "loraRank": args.lora_rank,
-        "loraAlpha": args.lora_alpha,
-        "epochs": args.epochs,
-        "maxSteps": args.max_steps,
-        "learningRate": args.lr,
-        "batchSize": args.batch_size,
-        "gradAccum": args.grad_accum,
-        "maxSeqLen": args.max_seq_len,
-        "evalSteps": args.eval_steps,
-        "saveSteps": args.save_steps,
-        "seed": args.seed,
-    }
     try:
-        config = build_config(settings, overrides).to_dict()
+        config = config_from_args(args, settings)
     except ConfigError as exc:
-        print(f"ERROR: invalid arguments: {exc}", file=sys.stderr)
+        flags = config_flags()
+        by_alias = {FIELDS[name].alias: flag for name, flag in flags.items()}
+        reasons = "; ".join(f"{by_alias.get(k, k)}: {why}" for k, why in exc.errors.items())
+        print(f"ERROR: invalid arguments: {reasons}", file=sys.stderr)
         return ExitCode.GENERAL_ERROR
     cancelled = {"flag": False}
 
@@ -94,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(
     args: argparse.Namespace,
-    config: dict,
+    config: FineTuneConfig,
     emitter: Emitter,
     staging: Path,
     should_cancel,
     settings: Settings,
 ) -> int:  # type: ignore[no-untyped-def]
     from worker.training.artifacts import write_training_files
-    from worker.training.job import TrainJob, run_backend
+    from worker.training.backends import run_backend
+    from worker.training.job import TrainJob
     from worker.training.models import resolve_model
 
     for path in (args.train_data, args.val_data):
@@ -113,7 +146,7 @@ def _train(
     job = TrainJob(
         run_id=args.run_id,
         config=config,
-        model_path=resolve_model(config["baseModel"], settings.model_cache_dir),
+        model_path=resolve_model(config.base_model, settings.model_cache_dir),
         train_path=args.train_data,
         val_path=args.val_data,
         adapter_dir=staging / "adapter",
