@@ -8,7 +8,7 @@ What it does:
 1. builds a Qwen3-shaped model with random weights (Qwen3-0.6B's widths, `--layers` layers) and a
    BPE tokenizer trained on the synthetic demo traces, and exports those traces to Alpaca JSONL;
 2. trains `--steps` optimizer steps with each backend through the project's own backends
-   (worker.training.job.run_backend), each in a fresh process (Unsloth patches transformers
+   (worker.training.backends.run_backend), each in a fresh process (Unsloth patches transformers
    for the whole process), and prints tokens/s, peak VRAM and the unsloth/trl ratios;
 3. runs export -> train -> evaluate (worker.pipeline, SQLite + fakeredis) for 20 steps with
    FINETUNE_BACKEND=auto and prints each step's time and the backend the manifest records.
@@ -102,7 +102,8 @@ def one_backend(backend: str, model: Path, data: Path, work: Path, args: argpars
     from shared.events import Emitter
     from shared.run_config import build_config
     from shared.settings import Settings
-    from worker.training.job import TrainJob, run_backend
+    from worker.training.backends import run_backend
+    from worker.training.job import TrainJob
 
     config = build_config(
         Settings(),
@@ -116,7 +117,7 @@ def one_backend(backend: str, model: Path, data: Path, work: Path, args: argpars
             "gradAccum": 1,
             "maxSeqLen": args.seq,
         },
-    ).to_dict()
+    )
     job = TrainJob(
         run_id=f"gpu_check_{backend}",
         config=config,

@@ -14,7 +14,11 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.run_config import FineTuneConfig
+    from worker.training.job import TrainJob
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -104,7 +108,7 @@ def _install_hooks(turns: _Turns) -> None:
     CallbackHandler.on_step_begin = taking_turns
 
 
-def _service_config(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def _service_config(spec: dict[str, Any], overrides: dict[str, Any]) -> FineTuneConfig:
     from shared.run_config import build_config
     from shared.settings import Settings
 
@@ -118,10 +122,10 @@ def _service_config(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             "gradAccum": 1,
             **overrides,
         },
-    ).to_dict()
+    )
 
 
-def _job(spec: dict[str, Any], config: dict[str, Any], workdir: Path, emitter: Any) -> Any:
+def _job(spec: dict[str, Any], config: FineTuneConfig, workdir: Path, emitter: Any) -> TrainJob:
     from shared.settings import Settings
     from worker.training.job import TrainJob
 
@@ -140,8 +144,7 @@ def _job(spec: dict[str, Any], config: dict[str, Any], workdir: Path, emitter: A
 
 def run_service(spec: dict[str, Any], variant: dict[str, Any], workdir: Path) -> None:
     from shared.events import Emitter
-    from worker.training.backends import trl_backend
-    from worker.training.job import run_backend
+    from worker.training.backends import run_backend, trl_backend
 
     if variant.get("sft"):
         original = trl_backend.sft_arguments
@@ -190,7 +193,7 @@ def run_bare(spec: dict[str, Any], same_args: bool, workdir: Path) -> None:
     train_set = Dataset.from_list(bare_records(Path(spec["train_path"]), tokenizer))
     eval_set = None
     if same_args:
-        from worker.training.backends.trl_backend import sft_arguments
+        from worker.training.sft_loop import sft_arguments
 
         bf16 = cuda and torch.cuda.is_bf16_supported()
         arguments = sft_arguments(_job(spec, config, workdir, None), cuda=cuda, bf16=bf16)
@@ -210,10 +213,10 @@ def run_bare(spec: dict[str, Any], same_args: bool, workdir: Path) -> None:
             arguments["bf16"] = False
         model = AutoModelForCausalLM.from_pretrained(spec["model_path"])
     lora = LoraConfig(
-        r=config["loraRank"],
-        lora_alpha=config["loraAlpha"],
-        lora_dropout=config["loraDropout"],
-        target_modules=list(config["targetModules"]),
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
     )
     trainer = SFTTrainer(

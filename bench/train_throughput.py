@@ -14,10 +14,10 @@ process instead, which load from other processes inflates less than the wall clo
 train the same model with the same LoRA (the service's rank, alpha, dropout and target modules)
 on the same data:
 
-    service            worker.training.job.run_backend(TrainJob) with the service's own defaults
-                       (shared.settings), i.e. exactly what a queued run does
+    service            worker.training.backends.run_backend(TrainJob) with the service's own
+                       defaults (shared.settings), i.e. exactly what a queued run does
     bare, same args    a plain SFTTrainer script given the SFTConfig arguments the service builds
-                       (worker.training.backends.trl_backend.sft_arguments): like-for-like
+                       (worker.training.sft_loop.sft_arguments): like-for-like
     bare, TRL defaults a plain SFTTrainer script with TRL's SFTConfig defaults, apart from the
                        batch size, max_length, max_steps and, on a CPU, bf16=False (the model is
                        float32; bf16 autocast on a CPU without AVX512-BF16/AMX runs ~20x slower)

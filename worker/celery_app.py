@@ -89,7 +89,7 @@ def _preload_unsloth() -> None:
 
     if settings.backend not in ("auto", "unsloth") or importlib.util.find_spec("unsloth") is None:
         return
-    from worker.training.job import resolve_backend
+    from worker.training.backends import resolve_backend
 
     if resolve_backend(settings.backend) == "unsloth":
         import unsloth  # noqa: F401

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from shared.settings import Settings
+from worker.training.job import TrainJob
+
+if TYPE_CHECKING:
+    from shared.run_config import FineTuneConfig
 
 
 @pytest.fixture
@@ -18,7 +23,8 @@ def export_dir(trace_store, settings: Settings) -> Path:
     return out
 
 
-def tiny_config(settings: Settings, model: Path, **overrides: object) -> dict:
+def tiny_run_config(settings: Settings, model: Path, **overrides: object) -> FineTuneConfig:
+    """A FineTuneConfig for 4 quick steps on the tiny model; `overrides` are camelCase."""
     from shared.run_config import build_config
 
     values = {
@@ -33,7 +39,12 @@ def tiny_config(settings: Settings, model: Path, **overrides: object) -> dict:
         "evalSamples": 1,
         **overrides,
     }
-    return build_config(settings, values).to_dict()
+    return build_config(settings, values)
+
+
+def tiny_config(settings: Settings, model: Path, **overrides: object) -> dict[str, Any]:
+    """tiny_run_config in its stored (camelCase JSON) form, as a run row carries it."""
+    return tiny_run_config(settings, model, **overrides).to_dict()
 
 
 def tiny_job(
@@ -43,15 +54,14 @@ def tiny_job(
     events: list,
     run_id: str = "run_test",
     **overrides: object,
-):  # type: ignore[no-untyped-def]
+) -> TrainJob:
     """A TrainJob on the tiny model and the exported dataset; events go to `events`."""
     from shared.events import Emitter
-    from worker.training.job import TrainJob
 
     work = settings.lora_output_dir / ".work" / run_id
     return TrainJob(
         run_id=run_id,
-        config=tiny_config(settings, model, **overrides),
+        config=tiny_run_config(settings, model, **overrides),
         model_path=model,
         train_path=export_dir / "train.jsonl",
         val_path=export_dir / "val.jsonl",

@@ -13,10 +13,16 @@ from shared.errors import BackendUnavailableError, ModelNotFoundError, PipelineE
 from shared.events import ProgressEvent
 from shared.settings import Settings
 from tests.worker.conftest import tiny_job
-from worker.training import job as job_module
 from worker.training import models
-from worker.training.backends import axolotl_backend, axolotl_config
-from worker.training.job import TrainJob, resolve_backend, run_backend
+from worker.training.backends import (
+    availability,
+    axolotl_backend,
+    axolotl_config,
+    resolve_backend,
+    run_backend,
+    unavailable_reason,
+)
+from worker.training.job import TrainJob
 
 
 def _job(settings: Settings, model: Path, export_dir: Path, events: list, **overrides) -> TrainJob:  # noqa: ANN003
@@ -46,7 +52,7 @@ def test_auto_on_this_machine_is_trl() -> None:
 def test_unsloth_missing_names_the_extra_and_the_fallback(
     settings: Settings, tiny_model: Path, export_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(job_module, "unsloth_installed", lambda: False)
+    monkeypatch.setattr(availability, "unsloth_installed", lambda: False)
     job = _job(settings, tiny_model, export_dir, [], backend="unsloth")
     with pytest.raises(BackendUnavailableError) as info:
         run_backend(job)
@@ -62,7 +68,7 @@ def test_axolotl_without_its_python_says_how_to_install(
     with pytest.raises(BackendUnavailableError, match=r"PYTHON_PATH.*venv-axolotl"):
         run_backend(job)
     job.python_path = "python3"  # a python without Axolotl
-    if job_module.unavailable_reason("axolotl", "python3") is not None:
+    if unavailable_reason("axolotl", "python3") is not None:
         with pytest.raises(BackendUnavailableError, match="not installed"):
             run_backend(job)
 
@@ -70,16 +76,16 @@ def test_axolotl_without_its_python_says_how_to_install(
 def test_trl_on_a_cpu_beside_triton_and_trl_1_15_is_refused_with_the_fix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = job_module.importlib.util.find_spec
+    real = availability.importlib.util.find_spec
     monkeypatch.setattr(
-        job_module.importlib.util,
+        availability.importlib.util,
         "find_spec",
         lambda name: real("json") if name == "triton" else real(name),
     )
-    monkeypatch.setattr(job_module, "_version", lambda name: (1, 15))
-    assert "base environment" in (job_module.unavailable_reason("trl") or "")
-    monkeypatch.setattr(job_module, "_version", lambda name: (1, 16))
-    assert job_module.unavailable_reason("trl") is None
+    monkeypatch.setattr(availability, "_version", lambda name: (1, 15))
+    assert "base environment" in (unavailable_reason("trl") or "")
+    monkeypatch.setattr(availability, "_version", lambda name: (1, 16))
+    assert unavailable_reason("trl") is None
 
 
 # --- model table -----------------------------------------------------------------------------

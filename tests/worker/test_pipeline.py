@@ -128,7 +128,7 @@ def test_unexpected_errors_fail_the_run_with_the_reason(
     def broken(job):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("worker.training.job.run_backend", broken)
+    monkeypatch.setattr("worker.training.backends.run_backend", broken)
     assert pipeline.train_step(run_id)["status"] == "failed"
     run = rt.runs.get(run_id)
     assert run.error_code == "GENERAL" and "disk on fire" in run.error_message

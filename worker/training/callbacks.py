@@ -1,11 +1,11 @@
 """Trainer callbacks shared by every backend built on the HF Trainer: events, cancel, heartbeat.
 
-Imported only inside a training process (it subclasses transformers' TrainerCallback).
+Imported only inside a training process (it subclasses transformers' TrainerCallback). The
+test-only fault hooks it calls after each step are in hooks.py, shared with Axolotl's plugin.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,21 +13,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from shared.events import Emitter
+from worker.training.hooks import inject_faults, oom_hook
 
 HEARTBEAT_INTERVAL_SECONDS = 10.0
-# Test-only hook: "STEP:MIN_BATCH" makes training raise the real torch.OutOfMemoryError at
-# optimizer step STEP while the micro-batch is at least MIN_BATCH (so a halved retry can pass).
-OOM_HOOK_ENV = "TMDE_TEST_RAISE_OOM"
-# Test-only hook: the trainer hangs (sleeps, no heartbeat) at this optimizer step.
-HANG_HOOK_ENV = "TMDE_TEST_HANG_AT_STEP"
-
-
-def _oom_hook() -> tuple[int, int] | None:
-    raw = os.environ.get(OOM_HOOK_ENV)
-    if not raw:
-        return None
-    step, min_batch = raw.split(":")
-    return int(step), int(min_batch)
 
 
 class PipelineCallback(TrainerCallback):
@@ -55,7 +43,7 @@ class PipelineCallback(TrainerCallback):
         self.last_heartbeat = 0.0
         self.last_train_loss: float | None = None
         self.eval_losses: list[float] = []
-        self.oom_hook = _oom_hook()
+        self.oom_hook = oom_hook()
 
     def _eta(self, state: Any) -> int | None:
         done = state.global_step - self.start_step
@@ -76,14 +64,7 @@ class PipelineCallback(TrainerCallback):
         self.emitter.emit("training_start", total_steps=state.max_steps, step=state.global_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if os.environ.get(HANG_HOOK_ENV) == str(state.global_step):
-            while True:  # a wedged kernel, a deadlocked collective: only the watchdog helps
-                time.sleep(60)
-        hook = self.oom_hook
-        if hook and state.global_step == hook[0] and args.per_device_train_batch_size >= hook[1]:
-            import torch
-
-            raise torch.OutOfMemoryError("CUDA out of memory (injected by TMDE_TEST_RAISE_OOM)")
+        inject_faults(state.global_step, args.per_device_train_batch_size, self.oom_hook)
         if self.should_cancel():
             self.cancelled = True
             control.should_training_stop = True

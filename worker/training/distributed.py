@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +40,18 @@ from shared.errors import (
 )
 from shared.events import Emitter, ProgressEvent, stdout_sink
 from shared.fsutil import write_json_atomic
-from worker.training.job import TrainJob, TrainResult, resolve_backend
+from shared.names import ErrorCode
+from shared.run_config import FineTuneConfig
+from worker.training.backends import BACKENDS, resolve_backend
+from worker.training.job import TrainJob, TrainResult
 from worker.training.lifeline import child_env
 
 log = logging.getLogger(__name__)
 
-DISTRIBUTED_BACKENDS = ("trl",)
 ERRORS: dict[str, type[PipelineError]] = {
-    "OOM": OutOfMemoryError,
-    "MODEL_NOT_FOUND": ModelNotFoundError,
-    "BACKEND_UNAVAILABLE": BackendUnavailableError,
+    ErrorCode.OOM: OutOfMemoryError,
+    ErrorCode.MODEL_NOT_FOUND: ModelNotFoundError,
+    ErrorCode.BACKEND_UNAVAILABLE: BackendUnavailableError,
 }
 POLL_SECONDS = 0.5
 LOOPBACK = "127.0.0.1"
@@ -69,7 +71,7 @@ def job_to_dict(job: TrainJob) -> dict[str, Any]:
     return {
         **data,
         "run_id": job.run_id,
-        "config": job.config,
+        "config": job.config.to_dict(),
         "torch_threads": job.torch_threads,
         "resume_from": str(job.resume_from) if job.resume_from else None,
     }
@@ -80,7 +82,7 @@ def job_from_dict(data: dict[str, Any], emitter: Emitter) -> TrainJob:
     resume = Path(data["resume_from"]) if data.get("resume_from") else None
     return TrainJob(
         run_id=data["run_id"],
-        config=data["config"],
+        config=FineTuneConfig.model_validate(data["config"]),
         emitter=emitter,
         torch_threads=data["torch_threads"],
         resume_from=resume,
@@ -90,19 +92,15 @@ def job_from_dict(data: dict[str, Any], emitter: Emitter) -> TrainJob:
 
 def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
     """Train `job` on `nproc` ranks; events reach `job.emitter` once, from rank 0."""
-    backend = resolve_backend(job.config["backend"], nproc=nproc)
-    if backend not in DISTRIBUTED_BACKENDS:
-        raise BackendUnavailableError(
-            f"FINETUNE_NPROC={nproc} runs the trl backend only (this run uses {backend!r}); "
-            "set FINETUNE_BACKEND=trl, or FINETUNE_NPROC=1 for a single-device run"
-        )
+    backend = resolve_backend(job.config.backend, nproc=nproc)
+    _require_distributed(backend, nproc)
     work = job.checkpoint_dir.parent
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file = work / "distributed-job.json", work / "distributed-result.json"
     result_file.unlink(missing_ok=True)
-    data = job_to_dict(job)
-    data["config"] = {**job.config, "backend": backend}  # the ranks must not resolve `auto` alone
-    write_json_atomic(job_file, data)
+    # the ranks must not resolve `auto` alone (each would see one process)
+    resolved = job.config.model_copy(update={"backend": backend})
+    write_json_atomic(job_file, job_to_dict(replace(job, config=resolved)))
     command = torchrun_command(nproc, job_file, result_file)
     process = subprocess.Popen(
         command,
@@ -139,6 +137,17 @@ def run_distributed(job: TrainJob, nproc: int) -> TrainResult:
         )
     result = json.loads(result_file.read_text())
     return TrainResult(result["backend"], result["metrics"], result["hyperparameters"])
+
+
+def _require_distributed(backend: str, nproc: int) -> None:
+    """BackendUnavailableError unless the registry marks `backend` as one torchrun can run."""
+    able = [name for name, entry in BACKENDS.items() if entry.distributed]
+    if backend not in able:
+        raise BackendUnavailableError(
+            f"FINETUNE_NPROC={nproc} runs the {' or '.join(able)} backend only (this run uses "
+            f"{backend!r}); set FINETUNE_BACKEND={able[0]}, or FINETUNE_NPROC=1 for a "
+            "single-device run"
+        )
 
 
 def torchrun_command(nproc: int, job_file: Path, result_file: Path) -> list[str]:
@@ -241,7 +250,7 @@ def _killed_rank(output: RankOutput) -> tuple[int, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """One rank: train, and on rank 0 report events on stdout and write the result."""
-    from worker.training.job import run_backend
+    from worker.training.backends import run_backend
 
     job_file, result_file = (argv or sys.argv[1:])[:2]
     rank = int(os.environ.get("RANK", "0"))

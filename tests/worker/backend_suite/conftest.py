@@ -11,6 +11,7 @@ The base run (`pytest`) runs it for `trl`. Each heavy backend runs it from its o
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,15 @@ import pytest
 from shared.events import ProgressEvent
 from shared.settings import Settings
 from tests.worker.conftest import tiny_job
+from worker.training.backends import BACKENDS
 from worker.training.job import TrainJob
-
-BACKEND_CHOICES = ("trl", "unsloth", "axolotl")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--backend",
         default="trl",
-        choices=BACKEND_CHOICES,
+        choices=tuple(BACKENDS),
         help="training backend the backend suite runs against (default trl)",
     )
 
@@ -47,7 +47,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_job(settings: Settings, tiny_model: Path, export_dir: Path, backend: str):
+def make_job(
+    settings: Settings, tiny_model: Path, export_dir: Path, backend: str
+) -> Callable[..., TrainJob]:
     """A TrainJob on the tiny model for the selected backend; events go to `events`."""
 
     def make(events: list[ProgressEvent], **overrides: object) -> TrainJob:

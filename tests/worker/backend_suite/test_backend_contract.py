@@ -14,10 +14,9 @@ import pytest
 from shared.errors import BackendUnavailableError, CancelledError, PipelineError
 from shared.events import ProgressEvent
 from shared.settings import Settings
-from worker.training import job as job_module
 from worker.training.artifacts import build_manifest, publish, write_training_files
-from worker.training.callbacks import OOM_HOOK_ENV
-from worker.training.job import run_backend
+from worker.training.backends import availability, run_backend
+from worker.training.hooks import OOM_HOOK_ENV
 
 ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json"}
 
@@ -51,7 +50,7 @@ def test_events_artifacts_and_manifest(
     assert not any(p.name.startswith("checkpoint-") for p in job.adapter_dir.iterdir())
     adapter_config = json.loads((job.adapter_dir / "adapter_config.json").read_text())
     assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32
-    assert set(adapter_config["target_modules"]) == set(job.config["targetModules"])
+    assert set(adapter_config["target_modules"]) == set(job.config.target_modules)
     # what vLLM's --enable-lora accepts: no lm_head or embeddings saved whole
     assert adapter_config["peft_type"] == "LORA" and not adapter_config.get("modules_to_save")
 
@@ -125,11 +124,11 @@ def test_a_missing_backend_fails_at_once_with_the_fix(
 ) -> None:
     job = make_job([])
     if backend == "unsloth":
-        monkeypatch.setattr(job_module, "unsloth_installed", lambda: False)
+        monkeypatch.setattr(availability, "unsloth_installed", lambda: False)
     elif backend == "axolotl":
         job.python_path = "/nonexistent/bin/python"
     else:
-        monkeypatch.setattr(job_module.importlib.util, "find_spec", lambda name: None)
+        monkeypatch.setattr(availability.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendUnavailableError) as info:
         run_backend(job)
     fix = {"trl": "tmde-finetune[train]", "unsloth": "venv-unsloth", "axolotl": "venv-axolotl"}

@@ -31,6 +31,9 @@ from worker.training.backends import axolotl_config
 from worker.training.backends.axolotl_helper import EVENTS_ENV
 from worker.training.job import TrainJob, TrainResult
 from worker.training.lifeline import child_env
+from worker.training.sft_loop import hyperparameters
+
+NAME = "axolotl"  # the registry's name for this backend (worker/training/backends/__init__.py)
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +72,12 @@ def subprocess_env(python: str, events: Path) -> dict[str, str]:
 
 
 def check_target_modules(model_path: Path, wanted: list[str]) -> None:
-    """The trl backend's check, on a weightless (meta-device) copy of the model: Axolotl would
-    only fail after loading the weights, with a less helpful message."""
+    """The in-process backends' check, on a weightless (meta-device) copy of the model: Axolotl
+    would only fail after loading the weights, with a less helpful message."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from worker.training.backends.trl_backend import check_target_modules as check
+    from worker.training.sft_loop import check_target_modules as check
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
@@ -216,7 +219,7 @@ def train(job: TrainJob) -> TrainResult:
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    check_target_modules(job.model_path, list(job.config["targetModules"]))
+    check_target_modules(job.model_path, list(job.config.target_modules))
     work = job.checkpoint_dir.parent
     work.mkdir(parents=True, exist_ok=True)
     chat_files = None
@@ -256,8 +259,6 @@ def train(job: TrainJob) -> TrainResult:
 
 
 def _result(job: TrainJob, replay: Replay, cfg: dict[str, Any], elapsed: float) -> TrainResult:
-    from worker.training.backends.trl_backend import hyperparameters
-
     end, callback = replay.end, replay.callback
     tokens = int(end.get("num_input_tokens_seen") or 0)
     metrics = {
@@ -272,9 +273,9 @@ def _result(job: TrainJob, replay: Replay, cfg: dict[str, Any], elapsed: float) 
         "device": end.get("device", "cpu"),
     }
     return TrainResult(
-        backend="axolotl",
+        backend=NAME,
         metrics=metrics,
         hyperparameters=hyperparameters(
-            job, "axolotl", {}, {"axolotl": cfg, "libraries": end.get("libraries") or {}}
+            job, NAME, {}, {"axolotl": cfg, "libraries": end.get("libraries") or {}}
         ),
     )

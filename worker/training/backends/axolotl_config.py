@@ -134,31 +134,31 @@ def generate_config(
         dataset_prepared_path=str(work / "axolotl-prepared"),
         output_dir=str(job.checkpoint_dir),
         adapter="lora",
-        lora_r=c["loraRank"],
-        lora_alpha=c["loraAlpha"],
-        lora_dropout=c["loraDropout"],
-        lora_target_modules=list(c["targetModules"]),
-        sequence_len=c["maxSeqLen"],
-        micro_batch_size=c["batchSize"],
-        gradient_accumulation_steps=c["gradAccum"],
-        num_epochs=c["epochs"],
-        learning_rate=c["learningRate"],
-        logging_steps=c["loggingSteps"],
-        eval_steps=c["evalSteps"],
-        save_steps=c["saveSteps"],
-        save_total_limit=c["saveTotalLimit"],
-        seed=c["seed"],
+        lora_r=c.lora_rank,
+        lora_alpha=c.lora_alpha,
+        lora_dropout=c.lora_dropout,
+        lora_target_modules=list(c.target_modules),
+        sequence_len=c.max_seq_len,
+        micro_batch_size=c.batch_size,
+        gradient_accumulation_steps=c.grad_accum,
+        num_epochs=c.epochs,
+        learning_rate=c.learning_rate,
+        logging_steps=c.logging_steps,
+        eval_steps=c.eval_steps,
+        save_steps=c.save_steps,
+        save_total_limit=c.save_total_limit,
+        seed=c.seed,
         plugins=[*cfg.get("plugins", []), PROGRESS_PLUGIN],
     )
-    if c["maxSteps"]:
-        cfg["max_steps"] = c["maxSteps"]
+    if c.max_steps:
+        cfg["max_steps"] = c.max_steps
     if "dataset_num_proc" not in cfg and _lines(train) < SMALL_DATASET_LINES:
         # Axolotl maps a dataset with one process per CPU by default: for a few thousand
         # examples starting the pool costs more than it saves (25 s of a 60 s tiny run here).
         cfg["dataset_num_proc"] = 1
     if job.resume_from:
         cfg["resume_from_checkpoint"] = str(job.resume_from)
-    cfg.update(_device_settings(cfg, cuda=cuda, bf16=bf16, packing=c["packing"]))
+    cfg.update(_device_settings(cfg, cuda=cuda, bf16=bf16, packing=c.packing))
     return cfg
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import resource
-import time
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
 from worker.training.backends.axolotl_helper import EVENTS_ENV
+from worker.training.hooks import inject_faults, oom_hook
 
 
 class EventFileCallback(TrainerCallback):
@@ -24,6 +24,7 @@ class EventFileCallback(TrainerCallback):
 
     def __init__(self, path: str) -> None:
         self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the trainer
+        self.oom = oom_hook()
 
     def _write(self, kind: str, state: Any, **fields: Any) -> None:
         record = {
@@ -42,16 +43,8 @@ class EventFileCallback(TrainerCallback):
         self._write("begin", state, batch_size=args.per_device_train_batch_size)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from worker.training.callbacks import HANG_HOOK_ENV, _oom_hook
-
-        if os.environ.get(HANG_HOOK_ENV) == str(state.global_step):
-            while True:  # test hook: a wedged trainer (only the watchdog helps)
-                time.sleep(60)
-        hook = _oom_hook()
-        if hook and state.global_step == hook[0] and args.per_device_train_batch_size >= hook[1]:
-            import torch
-
-            raise torch.OutOfMemoryError("CUDA out of memory (injected by TMDE_TEST_RAISE_OOM)")
+        # the same test hooks as the in-process backends' callback (a hang, a real OOM)
+        inject_faults(state.global_step, args.per_device_train_batch_size, self.oom)
         self._write("step", state)
 
     def on_log(

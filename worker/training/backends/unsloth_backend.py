@@ -1,12 +1,14 @@
 """The `unsloth` backend (seed §2.5): Unsloth's FastLanguageModel, 4-bit QLoRA on a GPU.
 
-The training loop is the trl backend's (`run_sft`: TRL's SFTTrainer with the PipelineCallback),
-so both emit the same events, write the same adapter files and map OOM and cancel alike; only
-loading and LoRA wrapping differ. On a CUDA GPU the base model loads in 4-bit (bitsandbytes) with
-Unsloth's gradient checkpointing. Without a GPU, Unsloth (2026.10) trains on the CPU; 4-bit
-needs CUDA, so there the model loads in float32: that is how the tests run this backend for real.
+The training loop is the one trl uses too (sft_loop.run_sft: TRL's SFTTrainer with the
+PipelineCallback), so both emit the same events, write the same adapter files and map OOM and
+cancel alike; only loading and LoRA wrapping differ. On a CUDA GPU the base model loads in 4-bit
+(bitsandbytes) with Unsloth's gradient checkpointing. Without a GPU, Unsloth (2026.10) trains on
+the CPU; 4-bit needs CUDA, so there the model loads in float32: that is how the tests run this
+backend for real.
 Unsloth must be imported before transformers, TRL and PEFT to patch them; it is imported first
-here, and this module is imported only when a run uses the backend.
+here (sft_loop imports those only inside its functions), and this module is imported only when
+a run uses the backend.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 
 from shared.errors import BackendUnavailableError
 from worker.training.job import TrainJob, TrainResult
+from worker.training.sft_loop import check_target_modules, run_sft, sft_arguments
+
+NAME = "unsloth"  # the registry's name for this backend (worker/training/backends/__init__.py)
 
 # Unsloth's import prints banners and checks for updates; neither belongs in a worker log.
 _QUIET_ENV = {"UNSLOTH_DISABLE_STATISTICS": "1", "UNSLOTH_ENABLE_LOGGING": "0"}
@@ -44,24 +49,22 @@ def load_model(job: TrainJob, *, cuda: bool, bf16: bool) -> tuple[Any, Any]:
     c = job.config
     model, tokenizer = fast.from_pretrained(
         model_name=str(job.model_path),
-        max_seq_length=c["maxSeqLen"],
+        max_seq_length=c.max_seq_len,
         dtype=(torch.bfloat16 if bf16 else torch.float16) if cuda else torch.float32,
         load_in_4bit=cuda,
         local_files_only=True,
     )
-    from worker.training.backends.trl_backend import check_target_modules
-
-    check_target_modules(model, c["targetModules"])
+    check_target_modules(model, c.target_modules)
     model = fast.get_peft_model(
         model,
-        r=c["loraRank"],
-        lora_alpha=c["loraAlpha"],
-        lora_dropout=c["loraDropout"],
-        target_modules=list(c["targetModules"]),
+        r=c.lora_rank,
+        lora_alpha=c.lora_alpha,
+        lora_dropout=c.lora_dropout,
+        target_modules=list(c.target_modules),
         bias="none",
         # Unsloth's offloaded checkpointing saves VRAM on a GPU; on a CPU it only costs time.
         use_gradient_checkpointing="unsloth" if cuda else False,
-        random_state=c["seed"],
+        random_state=c.seed,
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -69,10 +72,9 @@ def load_model(job: TrainJob, *, cuda: bool, bf16: bool) -> tuple[Any, Any]:
 
 
 def train(job: TrainJob) -> TrainResult:
+    """Load with Unsloth (4-bit on CUDA), then run the shared SFT loop."""
     _import_unsloth()
     import torch
-
-    from worker.training.backends.trl_backend import run_sft, sft_arguments
 
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
@@ -93,4 +95,4 @@ def train(job: TrainJob) -> TrainResult:
             "gradient_checkpointing": "unsloth" if cuda else False,
         }
     }
-    return run_sft(job, "unsloth", model, tokenizer, arguments, cuda=cuda, extra=extra)
+    return run_sft(job, NAME, model, tokenizer, arguments, cuda=cuda, extra=extra)
