@@ -31,7 +31,7 @@ from shared.events import (
     replay_events,
 )
 from shared.models import FineTuneRun
-from shared.names import STATUS_CANCELLED, STATUS_COMPLETED, TERMINAL_STATUSES
+from shared.names import STATUS_CANCELLED, STATUS_COMPLETED, TERMINAL_STATUSES, ErrorCode
 
 HEARTBEAT_SECONDS = 15.0  # seed §2.3
 STATUS_CHECK_SECONDS = 30.0  # how often an idle feed asks the database whether the run ended
@@ -60,7 +60,7 @@ def terminal_event_from_run(run: FineTuneRun) -> FeedEvent:
             "error",
             run_id=run.id,
             status=run.status,
-            code=run.error_code or "GENERAL",
+            code=run.error_code or ErrorCode.GENERAL,
             message=run.error_message,
         )
     return FeedEvent.from_dict(event.to_dict())

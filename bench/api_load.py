@@ -180,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     worker_cpus, api_cpus = _cpu_split(args.worker_cpus)
 
     from shared import migrate
-    from shared.demo import free_port, start_embedded_redis
     from shared.demo_traces import generate
     from shared.names import QUEUES
     from shared.traces import TraceStore
+    from worker.demo import free_port, start_embedded_redis
 
     config = {"baseModel": args.model, "backend": "trl", "maxSteps": args.steps, "epochs": 1,
               "batchSize": 4, "gradAccum": 1, "maxSeqLen": 256, "evalSteps": 1000,

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     import redis
 
     from shared import migrate
-    from shared.demo import free_port, start_embedded_redis, stop
+    from worker.demo import free_port, start_embedded_redis, stop
 
     counts = [int(n) for n in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from shared.names import ERROR_EXIT_CODES, ExitCode
+from shared.names import EXIT_CODES, ErrorCode, ExitCode
 
 
 class PipelineError(Exception):
     """An expected failure with a message meant for the user."""
 
-    code = "GENERAL"
+    code: ErrorCode = ErrorCode.GENERAL
 
     def __init__(self, message: str, *, suggestion: str | None = None) -> None:
         super().__init__(message)
@@ -17,11 +17,11 @@ class PipelineError(Exception):
 
     @property
     def exit_code(self) -> ExitCode:
-        return ERROR_EXIT_CODES[self.code]
+        return EXIT_CODES[self.code]
 
 
 class InsufficientDataError(PipelineError):
-    code = "INSUFFICIENT_DATA"
+    code = ErrorCode.INSUFFICIENT_DATA
 
     def __init__(self, message: str, *, current: int, required: int) -> None:
         super().__init__(message, suggestion="Import more traces or lower FINETUNE_MIN_QUALITY.")
@@ -30,15 +30,15 @@ class InsufficientDataError(PipelineError):
 
 
 class ModelNotFoundError(PipelineError):
-    code = "MODEL_NOT_FOUND"
+    code = ErrorCode.MODEL_NOT_FOUND
 
 
 class BackendUnavailableError(PipelineError):
-    code = "BACKEND_UNAVAILABLE"
+    code = ErrorCode.BACKEND_UNAVAILABLE
 
 
 class OutOfMemoryError(PipelineError):
-    code = "OOM"
+    code = ErrorCode.OOM
 
     def __init__(self, message: str) -> None:
         super().__init__(message, suggestion="Reduce batch_size or max_seq_length")
@@ -47,11 +47,11 @@ class OutOfMemoryError(PipelineError):
 class HandedOverError(PipelineError):
     """Not a failure: training stopped at a checkpoint because its worker is shutting down."""
 
-    code = "HANDED_OVER"
+    code = ErrorCode.HANDED_OVER
 
 
 class CancelledError(PipelineError):
-    code = "CANCELLED"
+    code = ErrorCode.CANCELLED
 
     def __init__(self, message: str = "Cancelled by request") -> None:
         super().__init__(message)

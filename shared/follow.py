@@ -5,7 +5,7 @@ the API's feed already gives a gapless, resumable stream (event ids = `seq`). A 
 connection is resumed with `Last-Event-ID` a bounded number of times.
 
 The exit code is the run's outcome (seed §5.3): 0 completed, 130 cancelled, and for a failed
-run the code mapped from its `errorCode` (shared/names.py ERROR_EXIT_CODES).
+run the code mapped from its `errorCode` (shared/names.py EXIT_CODES).
 Standard library only: the CLI must not need more than the API client side.
 """
 
@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
-from shared.names import ERROR_EXIT_CODES, ExitCode
+from shared.names import ErrorCode, ExitCode, exit_code_for
 
 TERMINAL_TYPES = ("complete", "error", "cancelled")
 BAR_WIDTH = 30
@@ -187,16 +187,16 @@ def get_run(base_url: str, run_id: str, timeout: float = 10.0) -> dict[str, Any]
         return None
 
 
-def exit_code(terminal: dict[str, Any] | None, run: dict[str, Any] | None) -> int:
+def exit_code(terminal: dict[str, Any] | None, run: dict[str, Any] | None) -> ExitCode:
     """Seed §5.3 code of the outcome; the run row's errorCode wins over the event's code."""
     kind = terminal.get("type") if terminal else None
     status = (run or {}).get("status")
     if kind == "complete" or (kind is None and status == "completed"):
-        return int(ExitCode.SUCCESS)
+        return ExitCode.SUCCESS
     if kind == "cancelled" or (kind is None and status == "cancelled"):
-        return int(ExitCode.CANCELLED)
-    code = (run or {}).get("errorCode") or (terminal or {}).get("code") or "GENERAL"
-    return int(ERROR_EXIT_CODES.get(code, ExitCode.GENERAL_ERROR))
+        return ExitCode.CANCELLED
+    code = (run or {}).get("errorCode") or (terminal or {}).get("code") or ErrorCode.GENERAL
+    return exit_code_for(code)
 
 
 def summary(run: dict[str, Any]) -> str:
@@ -219,7 +219,7 @@ def follow(
     err: TextIO | None = None,
     timeout: float = 60.0,
     tty: bool | None = None,
-) -> int:
+) -> ExitCode:
     """Show the run's progress until it ends; return its exit code. Ctrl-C only detaches."""
     out, err = out or sys.stdout, err or sys.stderr
     view = ProgressView(out, tty=tty)
@@ -232,11 +232,11 @@ def follow(
     except FollowError as exc:
         view.close()
         print(f"ERROR: {exc}", file=err)
-        return int(ExitCode.GENERAL_ERROR)
+        return ExitCode.GENERAL_ERROR
     except KeyboardInterrupt:
         view.close()
         print(f"stopped following; {run_id} goes on (cancel: POST .../cancel)", file=err)
-        return int(ExitCode.CANCELLED)
+        return ExitCode.CANCELLED
     view.close()
     run = get_run(base_url, run_id)
     if run is not None:

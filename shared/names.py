@@ -1,11 +1,12 @@
-"""The names both sides agree on: task names, queues, run statuses, Redis keys and exit codes.
+"""The names both sides agree on: task names, queues, run statuses, Redis keys, exit codes
+and error codes.
 
 One definition of each, so the API, the workers and the CLI can never drift apart.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 # --- Celery ---------------------------------------------------------------------------------
 TASK_EXPORT = "tmde.finetune.export"
@@ -50,7 +51,7 @@ PHASE_TRAINING = "training"
 PHASE_EVALUATING = "evaluating"
 WORKING_PHASES = (PHASE_EXPORTING, PHASE_TRAINING, PHASE_EVALUATING)
 
-BACKENDS = ("auto", "trl", "unsloth", "axolotl")
+# The backend names are the run config's `backend` type: shared.fields.BACKENDS.
 
 
 # --- Redis keys -----------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def worker_stopping_key(host: str, pid: int) -> str:
     return f"finetune:worker-stopping:{host}:{pid}"
 
 
-# --- exit codes (seed §5.3) -----------------------------------------------------------------
+# --- exit codes (seed §5.3) and error codes -------------------------------------------------
 class ExitCode(IntEnum):
     SUCCESS = 0
     GENERAL_ERROR = 1
@@ -83,17 +84,70 @@ class ExitCode(IntEnum):
     GPU_ERROR = 3
     MODEL_NOT_FOUND = 4
     CANCELLED = 130
+    # 128 + SIGTERM: the run stopped at a checkpoint because its worker is shutting down, and
+    # another worker resumes it; not a failure, but not this process's success either.
+    HANDED_OVER = 143
 
 
-# Machine-readable error codes stored on failed runs, and the exit code each maps to.
-ERROR_EXIT_CODES = {
-    "GENERAL": ExitCode.GENERAL_ERROR,
-    "INSUFFICIENT_DATA": ExitCode.INSUFFICIENT_DATA,
-    "OOM": ExitCode.GPU_ERROR,
-    "GPU": ExitCode.GPU_ERROR,
-    "MODEL_NOT_FOUND": ExitCode.MODEL_NOT_FOUND,
-    "BACKEND_UNAVAILABLE": ExitCode.GENERAL_ERROR,
-    "CANCELLED": ExitCode.CANCELLED,
-    "HUNG": ExitCode.GENERAL_ERROR,
-    "WORKER_LOST": ExitCode.GENERAL_ERROR,
+class ErrorCode(StrEnum):
+    """Machine-readable error codes: stored on failed runs (finetune_runs.error_code), carried
+    by `error` events and returned by the registry's API errors.
+
+    A StrEnum so that the stored and sent strings stay exactly the member values: the database,
+    the events and the API see the same text as before the codes were an enum.
+    """
+
+    GENERAL = "GENERAL"
+    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+    OOM = "OOM"
+    GPU = "GPU"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+    CANCELLED = "CANCELLED"
+    HUNG = "HUNG"  # the watchdog killed a trainer that stopped heartbeating
+    WORKER_LOST = "WORKER_LOST"  # the worker vanished and the run could not be resumed
+    HANDED_OVER = "HANDED_OVER"
+    # the adapter registry (shared/registry.py) and its CLI
+    ADAPTER_INVALID = "ADAPTER_INVALID"
+    ADAPTER_NOT_FOUND = "ADAPTER_NOT_FOUND"
+    ADAPTER_CONFLICT = "ADAPTER_CONFLICT"
+    ADAPTER_INTEGRITY = "ADAPTER_INTEGRITY"
+    EXPORT_FAILED = "EXPORT_FAILED"
+
+
+# Exhaustive (tests/shared/test_error_codes.py): a new ErrorCode needs its exit code here.
+EXIT_CODES: dict[ErrorCode, ExitCode] = {
+    ErrorCode.GENERAL: ExitCode.GENERAL_ERROR,
+    ErrorCode.INSUFFICIENT_DATA: ExitCode.INSUFFICIENT_DATA,
+    ErrorCode.OOM: ExitCode.GPU_ERROR,
+    ErrorCode.GPU: ExitCode.GPU_ERROR,
+    ErrorCode.MODEL_NOT_FOUND: ExitCode.MODEL_NOT_FOUND,
+    ErrorCode.BACKEND_UNAVAILABLE: ExitCode.GENERAL_ERROR,
+    ErrorCode.CANCELLED: ExitCode.CANCELLED,
+    ErrorCode.HUNG: ExitCode.GENERAL_ERROR,
+    ErrorCode.WORKER_LOST: ExitCode.GENERAL_ERROR,
+    ErrorCode.HANDED_OVER: ExitCode.HANDED_OVER,
+    ErrorCode.ADAPTER_INVALID: ExitCode.GENERAL_ERROR,
+    ErrorCode.ADAPTER_NOT_FOUND: ExitCode.MODEL_NOT_FOUND,  # `adapters ...` exits 4, as a model
+    ErrorCode.ADAPTER_CONFLICT: ExitCode.GENERAL_ERROR,
+    ErrorCode.ADAPTER_INTEGRITY: ExitCode.GENERAL_ERROR,
+    ErrorCode.EXPORT_FAILED: ExitCode.GENERAL_ERROR,
 }
+
+
+def exit_code_for(code: ErrorCode | str) -> ExitCode:
+    """The exit code of an error code; a code this version does not know (a newer worker's,
+    read back from the database) is a general error rather than a crash."""
+    try:
+        return EXIT_CODES[ErrorCode(code)]
+    except ValueError:
+        return ExitCode.GENERAL_ERROR
+
+
+def exit_status(status: int | None) -> ExitCode:
+    """A command's or a library's status as an ExitCode: None is success, and a status outside
+    the table (a third-party tool's) is a general error rather than a crash."""
+    try:
+        return ExitCode(status or 0)
+    except ValueError:
+        return ExitCode.GENERAL_ERROR

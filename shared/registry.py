@@ -32,6 +32,7 @@ from typing import Any
 
 from shared.events import utc_timestamp
 from shared.fsutil import folder_digest, write_json_atomic
+from shared.names import ErrorCode
 
 MANIFEST = "manifest.json"
 ACTIVE_FILE = "active.json"
@@ -50,7 +51,7 @@ class AdapterError(Exception):
     """A registry request that cannot be honoured; `status` is the HTTP status to answer."""
 
     status = 400
-    code = "ADAPTER_INVALID"
+    code: ErrorCode = ErrorCode.ADAPTER_INVALID
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -59,17 +60,17 @@ class AdapterError(Exception):
 
 class AdapterNotFoundError(AdapterError):
     status = 404
-    code = "ADAPTER_NOT_FOUND"
+    code = ErrorCode.ADAPTER_NOT_FOUND
 
 
 class AdapterConflictError(AdapterError):
     status = 409
-    code = "ADAPTER_CONFLICT"
+    code = ErrorCode.ADAPTER_CONFLICT
 
 
 class AdapterIntegrityError(AdapterError):
     status = 409
-    code = "ADAPTER_INTEGRITY"
+    code = ErrorCode.ADAPTER_INTEGRITY
 
 
 def check_adapter_id(adapter_id: str) -> str:

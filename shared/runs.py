@@ -29,6 +29,7 @@ from shared.names import (
     STATUS_PENDING,
     STATUS_RUNNING,
     TERMINAL_STATUSES,
+    ErrorCode,
     cancel_key,
 )
 from shared.run_config import FineTuneConfig, build_config
@@ -132,7 +133,7 @@ class RunStore:
             status=STATUS_CANCELLED,
             completed_at=utcnow(),
             active_slot=None,
-            error_code="CANCELLED",
+            error_code=ErrorCode.CANCELLED,
             error_message="Cancelled before it started",
         )
 
@@ -251,7 +252,7 @@ class FineTuneManager:
         active = self.active_run()
         if active is not None:
             raise RunConflictError("A fine-tune run is already in progress", active.id)
-        stats = self.traces.get_stats(config["minQualityScore"])
+        stats = self.traces.get_stats(config.min_quality_score)
         required = self.settings.min_traces
         if stats.fine_tune_candidates < required:
             raise InsufficientDataError(
@@ -263,8 +264,8 @@ class FineTuneManager:
             id=new_run_id(),
             status=STATUS_PENDING,
             triggered_by=triggered_by,
-            base_model=config["baseModel"],
-            backend=config["backend"],
+            base_model=config.base_model,
+            backend=config.backend,
             config=json.dumps(config.to_dict()),
             active_slot=1,
         )
@@ -285,7 +286,7 @@ class FineTuneManager:
             self.runs.finish(
                 run.id,
                 "failed",
-                error_code="GENERAL",
+                error_code=ErrorCode.GENERAL,
                 error_message=f"Could not queue the run (is Redis at REDIS_URL up?): {exc}",
             )
             raise

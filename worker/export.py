@@ -32,7 +32,7 @@ from typing import Any
 from shared.errors import InsufficientDataError
 from shared.events import Emitter, stdout_sink, utc_timestamp
 from shared.fsutil import write_json_atomic
-from shared.names import ExitCode
+from shared.names import ErrorCode, ExitCode
 from shared.traces import Trace, TraceStore
 
 SPLIT_BUCKETS = 1_000_000
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         emitter.emit("error", code=exc.code, message=exc.message, suggestion=exc.suggestion)
         return ExitCode.INSUFFICIENT_DATA
     except FileNotFoundError as exc:
-        emitter.emit("error", code="GENERAL", message=str(exc))
+        emitter.emit("error", code=ErrorCode.GENERAL, message=str(exc))
         return ExitCode.GENERAL_ERROR
     emitter.emit(
         "export_complete",

@@ -41,6 +41,7 @@ from shared.names import (
     TASK_QUEUES,
     TASK_TRAIN,
     WORKING_PHASES,
+    ErrorCode,
     cancel_key,
 )
 from worker.runtime import Runtime
@@ -117,7 +118,7 @@ def requeue(
     return ids
 
 
-def _fail(rt: Runtime, run: FineTuneRun, code: str, message: str) -> None:
+def _fail(rt: Runtime, run: FineTuneRun, code: ErrorCode, message: str) -> None:
     if rt.runs.finish(run.id, STATUS_FAILED, error_code=code, error_message=message):
         rt.emitter(run.id, log_path=Path(run.log_path) if run.log_path else None).emit(
             "error", code=code, message=message, status=STATUS_FAILED
@@ -129,11 +130,13 @@ def handle_stale(rt: Runtime, celery: Celery, run: FineTuneRun, active: set[str]
     silence = f"no heartbeat for {age} s while {run.phase}"
     if run.current_task_id and run.current_task_id in active:
         celery.control.revoke(run.current_task_id, terminate=True, signal="SIGKILL")
-        _fail(rt, run, "HUNG", f"The trainer hung ({silence}) and was terminated")
+        _fail(rt, run, ErrorCode.HUNG, f"The trainer hung ({silence}) and was terminated")
         return {"runId": run.id, "action": "killed"}
     paths = RunPaths(rt.settings.lora_output_dir, run.id)
     if run.attempts >= MAX_RESUMES:
-        _fail(rt, run, "WORKER_LOST", f"Worker lost ({silence}) after {run.attempts} resumes")
+        _fail(
+            rt, run, ErrorCode.WORKER_LOST, f"Worker lost ({silence}) after {run.attempts} resumes"
+        )
         return {"runId": run.id, "action": "failed"}
     if run.phase == PHASE_TRAINING and latest_checkpoint(paths.checkpoint_dir):
         requeue(celery, rt, run, (TASK_TRAIN, TASK_EVALUATE))
@@ -142,7 +145,9 @@ def handle_stale(rt: Runtime, celery: Celery, run: FineTuneRun, active: set[str]
     if run.phase == PHASE_EVALUATING and (paths.staging_dir / "metrics.json").is_file():
         requeue(celery, rt, run, (TASK_EVALUATE,))
         return {"runId": run.id, "action": "re-evaluating"}
-    _fail(rt, run, "WORKER_LOST", f"Worker lost ({silence}) and no checkpoint to resume from")
+    _fail(
+        rt, run, ErrorCode.WORKER_LOST, f"Worker lost ({silence}) and no checkpoint to resume from"
+    )
     return {"runId": run.id, "action": "failed"}
 
 
@@ -172,7 +177,7 @@ def terminate_cancelled(rt: Runtime, celery: Celery, run: FineTuneRun) -> dict[s
     if rt.runs.finish(
         run.id,
         STATUS_CANCELLED,
-        error_code="CANCELLED",
+        error_code=ErrorCode.CANCELLED,
         error_message="Cancelled; terminated after the grace period",
     ):
         rt.emitter(run.id).emit(

@@ -24,7 +24,7 @@ import redis
 
 from shared.names import QUEUES, progress_channel
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from shared.demo import redis_answers, start_embedded_redis
+    from worker.demo import redis_answers, start_embedded_redis
 
     # Celery queues live in the database number, so concurrent test sessions on one Redis
     # pick different numbers (8-15; 0-7 are left to people and `make demo`).

@@ -14,11 +14,11 @@ import pytest
 import requests
 
 from shared.db import Database
-from shared.demo import free_port
 from shared.events import Emitter, context_sinks
 from shared.models import FineTuneRun
 from shared.names import TASK_TRAIN
 from tests.integration.conftest import REPO, Service, _settings_env
+from worker.demo import free_port
 
 LONG_RUN = {
     "backend": "trl",

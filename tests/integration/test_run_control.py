@@ -148,13 +148,13 @@ def test_a_redis_restart_mid_run_does_not_lose_the_run(
 
     import redis as redis_lib
 
-    from shared.demo import redis_answers, redis_server_binary, stop
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
+    from worker.demo import redis_answers, redis_server_binary, stop
 
     binary = redis_server_binary()
     if binary is None:
         pytest.skip("no redis-server binary to run a private Redis")
-    from shared.demo import free_port
+    from worker.demo import free_port
 
     port = free_port()
     folder = tmp_path / "redis"

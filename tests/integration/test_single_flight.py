@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.demo import free_port, stop
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 from tests.integration.conftest import REPO, _settings_env
+from worker.demo import free_port, stop
 
 pytestmark = pytest.mark.integration
 

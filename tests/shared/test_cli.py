@@ -1,15 +1,20 @@
-"""`tmde-finetune` commands that need no worker: db, seed-demo, traces stats, start, status."""
+"""`tmde-finetune` commands that need nothing above shared/ (db, seed-demo, traces, start,
+status), and how the other packages' commands are found (shared/commands.py)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 
-from shared import cli
+from shared import cli, commands
+from shared.commands import GROUP
+from shared.names import ExitCode
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,23 +60,36 @@ def test_status_of_unknown_run(env: Settings, capsys: pytest.CaptureFixture[str]
     assert "Run not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["db"],
-        ["api"],
-        ["worker"],
-        ["beat"],
-        ["train"],
-        ["export"],
-        ["demo"],
-        ["traces"],
-        ["start"],
-        ["follow"],
-        ["flower"],
-    ],
-)
+def test_commands_return_exit_codes(env: Settings) -> None:
+    code = cli.main(["db", "upgrade"])
+    assert isinstance(code, ExitCode) and code is ExitCode.SUCCESS
+
+
+def test_a_missing_package_hides_its_commands() -> None:
+    ghost = EntryPoint("ghost", "ghost_package.cli:register", GROUP)
+    assert commands._load(ghost) is None
+
+
+def test_a_broken_package_is_not_mistaken_for_a_missing_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "half_installed.py").write_text("import not_a_real_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError):
+        commands._load(EntryPoint("half", "half_installed:register", GROUP))
+
+
+def test_a_passthrough_command_gets_every_argument() -> None:
+    seen: list[list[str]] = []
+    parser = argparse.ArgumentParser(prog="t")
+    sub = parser.add_subparsers(dest="command")
+    commands.add_passthrough(sub, "script", lambda argv: seen.append(argv), help="a script")
+    argv = ["script", "--help", "--", "-x", "positional", "--flag=1"]
+    assert commands.handover(sub, argv) is ExitCode.SUCCESS and seen == [argv[1:]]
+    assert commands.handover(sub, ["other"]) is None and commands.handover(sub, []) is None
+
+
+@pytest.mark.parametrize("command", [[], ["db"], ["traces"], ["start"], ["follow"], ["status"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "shared.cli", *command, "--help"],

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared import demo
+from worker import demo
 
 
 def test_embedded_redis_starts_under_data_and_stops(tmp_path: Path) -> None:

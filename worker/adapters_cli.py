@@ -10,7 +10,8 @@
     tmde-finetune adapters prune [--keep N]          retention (default LORA_KEEP)
     tmde-finetune adapters export-gguf ID            GGUF LoRA + Ollama Modelfile, in this process
 
-Errors print `ERROR: ...` and exit 1 (4 when the adapter does not exist).
+Errors print `ERROR: ...` and exit with their code's exit code (shared/names.py EXIT_CODES):
+1, or 4 when the adapter does not exist. In worker/ because export-gguf needs worker.delivery.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from shared.commands import Subparsers, settings_or_exit
 from shared.errors import PipelineError
-from shared.registry import AdapterError, AdapterNotFoundError, AdapterRegistry
+from shared.names import ErrorCode, ExitCode, exit_code_for
+from shared.registry import AdapterError, AdapterRegistry
 from shared.settings import Settings
 
 Handler = Callable[[AdapterRegistry, argparse.Namespace], Any]
@@ -80,7 +83,7 @@ def _changed(args: argparse.Namespace, state: dict[str, Any]) -> None:
 
 
 class ExportFailedError(AdapterError):
-    code = "EXPORT_FAILED"
+    code = ErrorCode.EXPORT_FAILED
 
 
 HANDLERS: dict[str, Handler] = {
@@ -96,7 +99,7 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def add_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:
+def add_parser(sub: Subparsers) -> None:
     adapters = sub.add_parser("adapters", help="the adapter registry: list, activate, roll back")
     actions = adapters.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="published adapters, newest first (* = active)")
@@ -112,14 +115,18 @@ def add_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:
     for name in ("delete", "verify", "export-gguf"):
         actions.add_parser(name).add_argument("id")
     actions.add_parser("prune", help="apply retention").add_argument("--keep", type=int)
-    adapters.set_defaults(func=handler)
+    adapters.set_defaults(func=command)
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> ExitCode:
+    return run(settings_or_exit(), args)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> ExitCode:
     args.settings = settings
     try:
         HANDLERS[args.action](AdapterRegistry(settings.lora_output_dir), args)
     except AdapterError as exc:
         print(f"ERROR: {exc.message}", file=sys.stderr)
-        return 4 if isinstance(exc, AdapterNotFoundError) else 1
-    return 0
+        return exit_code_for(exc.code)
+    return ExitCode.SUCCESS

@@ -5,6 +5,9 @@ applies the migrations, writes a demo trace database, starts the API and a worke
 fine-tune of SmolLM2-135M-Instruct over HTTP, follows its progress over SSE, prints the
 adapter path, base vs adapter validation loss and one held-out answer before and after, and
 stops every process it started. About 5 minutes on 2 CPU cores.
+
+In worker/ because it prepares the embedded model (worker.training.models); its process
+helpers (free_port, start_embedded_redis, stop) are reused by the integration tests and bench/.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from shared.commands import Subparsers
 from shared.follow import ProgressView, auth_headers, render, stream_events
-from shared.names import QUEUES
+from shared.names import QUEUES, ExitCode
 from shared.settings import Settings
 
-__all__ = ["render", "follow", "run_demo", "main"]  # render: moved to shared.follow
+__all__ = ["render", "follow", "run_demo", "add_parser", "main"]  # render: moved to shared.follow
 
 # Sized for 2 CPU cores: about 3 minutes of training (20 steps of 4 x 192 tokens) is enough
 # for the adapter to learn the debate answers' format ("... The answer is N.").
@@ -194,7 +198,7 @@ def report(run: dict) -> None:
         print(f"with adapter:      {sample['adapter']}")
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> ExitCode:
     settings = Settings.from_env()
     data_dir = Path("data")
     data_dir.mkdir(exist_ok=True)
@@ -256,7 +260,7 @@ def run_demo(args: argparse.Namespace) -> int:
             status, answer = http("POST", f"{base}/api/finetune", {"config": DEMO_CONFIG})
             print(f"POST /api/finetune -> {status} {json.dumps(answer)}")
             if status != 202:
-                return 1
+                return ExitCode.GENERAL_ERROR
             run_id = answer["runId"]
             try:
                 follow(base, run_id, timeout=args.timeout)
@@ -265,16 +269,31 @@ def run_demo(args: argparse.Namespace) -> int:
                 if run["status"] in ("pending", "running"):
                     http("POST", f"{base}/api/finetune/{run_id}/cancel")
             report(run)
-            return 0 if run["status"] == "completed" else 1
+            return ExitCode.SUCCESS if run["status"] == "completed" else ExitCode.GENERAL_ERROR
     finally:
         for process in reversed(started):
             stop(process)
         print("stopped every process the demo started")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tmde-finetune demo", description=__doc__.split("\n")[0])
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run")
+
+
+def add_parser(sub: Subparsers) -> None:
+    """`tmde-finetune demo`, with the same arguments as `python -m worker.demo`."""
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline end to end on the embedded model",
+        description=__doc__.split("\n")[0],
+    )
+    _add_arguments(demo)
+    demo.set_defaults(func=run_demo)
+
+
+def main(argv: list[str] | None = None) -> ExitCode:
+    parser = argparse.ArgumentParser(prog="tmde-finetune demo", description=__doc__.split("\n")[0])
+    _add_arguments(parser)
     return run_demo(parser.parse_args(argv))
 
 
