@@ -17,21 +17,9 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
+from tests.helpers import drain, make_settings, memory_celery
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def make_settings(root: Path, **overrides: object) -> Settings:
-    base = Settings(
-        database_url=f"sqlite:///{root / 'runs.db'}",
-        traces_db_path=root / "traces.db",
-        lora_output_dir=root / "lora-adapters",
-        temp_dir=root / "finetune_temp",
-        log_dir=root / "finetune_logs",
-        model_cache_dir=root / "models",
-        min_traces=10,
-    )
-    return base.replace(**overrides)
 
 
 @pytest.fixture
@@ -82,30 +70,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     texts = [t.query + " " + t.final_answer for t in generate(200)]
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts)
-
-
-def drain(app, queue: str) -> list:  # type: ignore[no-untyped-def]
-    """Every message waiting on `queue` of the (process-global) memory broker, acknowledged."""
-    messages = []
-    with app.connection_for_read() as connection:
-        simple = connection.SimpleQueue(queue)
-        try:
-            while simple.qsize():
-                message = simple.get(block=False)
-                message.ack()
-                messages.append(message)
-        finally:
-            simple.close()
-    return messages
-
-
-def memory_celery(settings: Settings):  # type: ignore[no-untyped-def]
-    """The project's Celery app on the in-memory broker (fast unit tests, no worker)."""
-    from shared.queue import make_celery
-
-    app = make_celery(settings)
-    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
-    return app
 
 
 @pytest.fixture

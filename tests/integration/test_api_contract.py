@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.adapters import make_adapter
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 from tests.integration.conftest import start_worker, stop_worker
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ from shared.events import (
     stdout_sink,
 )
 from shared.names import latest_event_key, progress_channel
-from tests.shared.conftest import next_message
+from tests.helpers import next_message
 
 
 @pytest.fixture

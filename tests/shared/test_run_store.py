@@ -18,7 +18,7 @@ from shared.runs import (
     new_run_id,
     run_to_dict,
 )
-from tests.shared.conftest import insert_run
+from tests.helpers import insert_run
 
 # --- RunStore transitions ----------------------------------------------------------------------
 

@@ -35,8 +35,7 @@ from shared.runs import (
 )
 from shared.settings import Settings
 from shared.traces import TraceStore
-from tests.conftest import drain
-from tests.shared.conftest import insert_run, next_message
+from tests.helpers import drain, insert_run, next_message
 
 # --- start -------------------------------------------------------------------------------------
 

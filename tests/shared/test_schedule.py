@@ -14,7 +14,7 @@ from shared.models import FineTuneRun
 from shared.runs import FineTuneManager
 from shared.settings import Settings
 from shared.traces import Trace, TraceStore
-from tests.conftest import memory_celery
+from tests.helpers import memory_celery
 
 
 @pytest.fixture

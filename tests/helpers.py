@@ -1,0 +1,67 @@
+"""Test helpers, as a plain module: fixtures live in the conftest files and use these, and
+tests import them from here (never from a conftest, which pytest loads by itself)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.models import FineTuneRun
+from shared.runs import FineTuneManager, new_run_id
+from shared.settings import Settings
+
+
+def make_settings(root: Path, **overrides: object) -> Settings:
+    """Settings with every path and database under `root` (and a low trace minimum)."""
+    base = Settings(
+        database_url=f"sqlite:///{root / 'runs.db'}",
+        traces_db_path=root / "traces.db",
+        lora_output_dir=root / "lora-adapters",
+        temp_dir=root / "finetune_temp",
+        log_dir=root / "finetune_logs",
+        model_cache_dir=root / "models",
+        min_traces=10,
+    )
+    return base.replace(**overrides)
+
+
+def drain(app, queue: str) -> list:  # type: ignore[no-untyped-def]
+    """Every message waiting on `queue` of the (process-global) memory broker, acknowledged."""
+    messages = []
+    with app.connection_for_read() as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            while simple.qsize():
+                message = simple.get(block=False)
+                message.ack()
+                messages.append(message)
+        finally:
+            simple.close()
+    return messages
+
+
+def memory_celery(settings: Settings):  # type: ignore[no-untyped-def]
+    """The project's Celery app on the in-memory broker (fast unit tests, no worker)."""
+    from shared.queue import make_celery
+
+    app = make_celery(settings)
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
+    return app
+
+
+def insert_run(manager: FineTuneManager, status: str, **values: Any) -> str:
+    run_id = new_run_id()
+    with manager.db.session() as session:
+        session.add(FineTuneRun(id=run_id, status=status, base_model="m", config="{}", **values))
+    return run_id
+
+
+def next_message(pubsub: Any, timeout: float = 2.0) -> dict | None:
+    """The next published message (redis-py answers None for an ignored subscribe reply)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            return message
+    return None
