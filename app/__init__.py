@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
 from app.relay import Relay
 from shared.db import Database
@@ -73,7 +72,7 @@ def create_app(
         redis=redis_client,
     )
 
-    from app import adapters, auth, dashboard, finetune, health, metrics, openapi, progress
+    from app import adapters, auth, dashboard, errors, finetune, health, metrics, openapi, progress
 
     auth.init_app(app, token=settings.api_token, cors_origins=settings.cors_origins)
     app.register_blueprint(finetune.bp)
@@ -83,9 +82,5 @@ def create_app(
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
-        return jsonify(error=exc.description or exc.name), exc.code
-
+    errors.init_app(app)
     return app

@@ -12,18 +12,25 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from app import state
+from app.apidoc import doc
 from shared.names import TASK_EXPORT_GGUF, TASK_QUEUES
 from shared.registry import AdapterError, check_adapter_id
+from shared.schemas import (
+    ActiveDetail,
+    ActiveState,
+    AdapterDetail,
+    AdapterOut,
+    AdapterPage,
+    ErrorOut,
+    ExportOut,
+    ReasonBody,
+    TagsBody,
+)
 
 bp = Blueprint("adapters", __name__, url_prefix="/api/adapters")
 
 HISTORY_SHOWN = 20
 SAMPLES_FILE = "samples.json"
-
-
-@bp.errorhandler(AdapterError)
-def _adapter_error(exc: AdapterError):  # type: ignore[no-untyped-def]
-    return jsonify(error=exc.message, code=exc.code), exc.status
 
 
 def _body(allowed: set[str]) -> dict[str, Any]:
@@ -60,6 +67,7 @@ def _state_view(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("")
+@doc("Published adapters, newest first", {200: AdapterPage})
 def list_adapters():  # type: ignore[no-untyped-def]
     registry = state.registry()
     adapters = registry.list()
@@ -67,12 +75,14 @@ def list_adapters():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/active")
+@doc("active.json and the active adapter", {200: ActiveDetail, 409: ErrorOut})
 def active():  # type: ignore[no-untyped-def]
     registry = state.registry()
     return jsonify({**_state_view(registry.state()), "adapter": registry.active()})
 
 
 @bp.get("/<adapter_id>")
+@doc("One adapter: manifest, path, samples", {200: AdapterDetail, 404: ErrorOut})
 def get_adapter(adapter_id: str):  # type: ignore[no-untyped-def]
     registry = state.registry()
     adapter = registry.get(adapter_id)
@@ -85,6 +95,11 @@ def get_adapter(adapter_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/<adapter_id>/activate")
+@doc(
+    "Activate after verifying the sha256",
+    {200: ActiveState, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    body=ReasonBody,
+)
 def activate(adapter_id: str):  # type: ignore[no-untyped-def]
     check_adapter_id(adapter_id)
     reason = _reason(_body({"reason"}))
@@ -95,6 +110,11 @@ def activate(adapter_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/rollback")
+@doc(
+    "Back to the previously active adapter",
+    {200: ActiveState, 400: ErrorOut, 409: ErrorOut},
+    body=ReasonBody,
+)
 def rollback():  # type: ignore[no-untyped-def]
     reason = _reason(_body({"reason"}))
     result = _state_view(state.registry().rollback(reason=reason))
@@ -104,6 +124,11 @@ def rollback():  # type: ignore[no-untyped-def]
 
 
 @bp.patch("/<adapter_id>")
+@doc(
+    "Replace the tags",
+    {200: AdapterOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    body=TagsBody,
+)
 def update(adapter_id: str):  # type: ignore[no-untyped-def]
     check_adapter_id(adapter_id)
     body = _body({"tags"})
@@ -113,12 +138,14 @@ def update(adapter_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.delete("/<adapter_id>")
+@doc("Delete (refused for the active adapter)", {204: None, 404: ErrorOut, 409: ErrorOut})
 def delete(adapter_id: str):  # type: ignore[no-untyped-def]
     state.registry().delete(adapter_id)
     return "", 204
 
 
 @bp.post("/<adapter_id>/export-gguf")
+@doc("Queue a GGUF LoRA + Modelfile export", {202: ExportOut, 404: ErrorOut, 409: ErrorOut})
 def export_gguf(adapter_id: str):  # type: ignore[no-untyped-def]
     """Queue a GGUF LoRA + Modelfile export; the result lands in the manifest's exports."""
     state.registry().verify(adapter_id)

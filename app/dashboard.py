@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
+from app.apidoc import doc
+
 bp = Blueprint("dashboard", __name__)
 
 
 @bp.get("/")
+@doc("The dashboard", {200: "text/html"}, public=True)
 def index() -> Response:
     response = current_app.send_static_file("index.html")
     response.headers["Cache-Control"] = "no-cache"

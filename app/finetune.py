@@ -1,4 +1,8 @@
-"""/api/finetune: start, list, get and cancel runs; the default config (seed §4)."""
+"""/api/finetune: start, list, get and cancel runs; the default config (seed §4).
+
+Failures are raised and answered by app/errors.py; what each route takes and answers is
+declared with `@doc` and published by app/openapi.py.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,31 @@ from typing import Any
 from flask import Blueprint, abort, jsonify, request
 
 from app import state
-from shared.errors import InsufficientDataError
+from app.apidoc import doc, parse_query
 from shared.events import latest_event
-from shared.names import RUN_STATUSES
-from shared.run_config import ConfigError
-from shared.runs import RunConflictError, RunNotFoundError, run_to_dict
+from shared.run_config import FineTuneConfig
+from shared.runs import RunNotFoundError, run_to_dict
+from shared.schemas import (
+    MAX_EVENTS_PAGE,
+    ErrorOut,
+    EventsPage,
+    EventsQuery,
+    RunDetail,
+    RunListQuery,
+    RunOut,
+    RunPage,
+    ScheduleOut,
+    StartBody,
+    StartOut,
+)
 
 bp = Blueprint("finetune", __name__, url_prefix="/api/finetune")
 
 RUN_ID = re.compile(r"^run_[0-9a-f]{6,32}$")
-MAX_PAGE = 200
-MAX_SQL_INT = 2**63 - 1  # larger numbers overflow the database's integer type
-
-
-def _error(status: int, message: str, **extra: Any):  # type: ignore[no-untyped-def]
-    return jsonify(error=message, **extra), status
 
 
 def _run_or_404(run_id: str):  # type: ignore[no-untyped-def]
-    if not RUN_ID.match(run_id):
+    if not RUN_ID.fullmatch(run_id):
         abort(404, description=f"Run not found: {run_id}")
     try:
         return state.manager().get(run_id)
@@ -42,52 +52,45 @@ def _latest(run_id: str) -> dict[str, Any] | None:
 
 
 @bp.post("")
+@doc(
+    "Start a run (202); 409 while one is active; 422 with too few traces",
+    {202: StartOut, 400: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut},
+    body=StartBody,
+)
 def start():  # type: ignore[no-untyped-def]
     body = request.get_json(silent=True) if request.get_data() else {}
     if not isinstance(body, dict):
-        return _error(400, 'Request body must be a JSON object like {"config": {...}}')
+        abort(400, description='Request body must be a JSON object like {"config": {...}}')
     unknown = sorted(set(body) - {"config"})
     if unknown:
-        return _error(
-            400,
-            f'Unknown top-level field(s): {", ".join(unknown)}; put run settings under "config"',
-            fields={k: "unknown" for k in unknown},
+        message = (
+            f'Unknown top-level field(s): {", ".join(unknown)}; put run settings under "config"'
         )
-    try:
-        run = state.manager().start(body.get("config"), triggered_by="api")
-    except ConfigError as exc:
-        return _error(400, f"Invalid config: {exc}", fields=exc.errors)
-    except RunConflictError as exc:
-        return _error(409, str(exc), activeRunId=exc.run_id)
-    except InsufficientDataError as exc:
-        return _error(422, exc.message, current=exc.current, required=exc.required)
+        return jsonify(error=message, fields={k: "unknown" for k in unknown}), 400
+    run = state.manager().start(body.get("config"), triggered_by="api")
     return jsonify(
         runId=run.id, status=run.status, progressUrl=f"/api/finetune/{run.id}/progress"
     ), 202
 
 
 @bp.get("")
+@doc("List runs, newest first", {200: RunPage, 400: ErrorOut}, query=RunListQuery)
 def list_runs():  # type: ignore[no-untyped-def]
-    try:
-        limit = int(request.args.get("limit", 20))
-        offset = int(request.args.get("offset", 0))
-    except ValueError:
-        return _error(400, "limit and offset must be integers")
-    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_SQL_INT:
-        return _error(400, f"limit must be 1-{MAX_PAGE} and offset between 0 and {MAX_SQL_INT}")
-    status = request.args.get("status")
-    if status is not None and status not in RUN_STATUSES:
-        return _error(400, f"status must be one of {', '.join(RUN_STATUSES)}")
-    runs, total = state.manager().list(limit=limit, offset=offset, status=status)
-    return jsonify(runs=[run_to_dict(r) for r in runs], total=total, limit=limit, offset=offset)
+    query = parse_query(RunListQuery)
+    runs, total = state.manager().list(limit=query.limit, offset=query.offset, status=query.status)
+    return jsonify(
+        runs=[run_to_dict(r) for r in runs], total=total, limit=query.limit, offset=query.offset
+    )
 
 
 @bp.get("/config/default")
+@doc("The default FineTuneConfig (the settings' defaults)", {200: FineTuneConfig})
 def default_config():  # type: ignore[no-untyped-def]
     return jsonify(state.manager().default_config())
 
 
 @bp.get("/schedule")
+@doc("The beat schedule and its last decision", {200: ScheduleOut, 503: ErrorOut})
 def schedule():  # type: ignore[no-untyped-def]
     """The beat schedule: next fire time and the last decision (started, or why not)."""
     from shared.schedule import schedule_status
@@ -95,35 +98,33 @@ def schedule():  # type: ignore[no-untyped-def]
     try:
         return jsonify(schedule_status(state.settings(), state.redis_client()))
     except Exception as exc:  # noqa: BLE001 - Redis down: say so instead of a 500
-        return _error(503, f"schedule state unavailable: {exc.__class__.__name__}")
+        return jsonify(error=f"schedule state unavailable: {exc.__class__.__name__}"), 503
 
 
 @bp.get("/<run_id>")
+@doc("One run with its latest event", {200: RunDetail, 404: ErrorOut})
 def get_run(run_id: str):  # type: ignore[no-untyped-def]
     run = _run_or_404(run_id)
     return jsonify({**run_to_dict(run), "latestEvent": _latest(run.id)})
 
 
 @bp.post("/<run_id>/cancel")
+@doc("Cancel a run", {202: RunOut, 404: ErrorOut, 409: ErrorOut})
 def cancel(run_id: str):  # type: ignore[no-untyped-def]
     _run_or_404(run_id)
-    try:
-        run = state.manager().cancel(run_id)
-    except RunConflictError as exc:
-        return _error(409, str(exc))
-    return jsonify(run_to_dict(run)), 202
+    return jsonify(run_to_dict(state.manager().cancel(run_id))), 202
 
 
 @bp.get("/<run_id>/events")
+@doc(
+    "Stored progress/eval events, paged by id",
+    {200: EventsPage, 400: ErrorOut, 404: ErrorOut},
+    query=EventsQuery,
+)
 def events(run_id: str):  # type: ignore[no-untyped-def]
     """The stored progress/eval history of a run, paged by `after` (an event id)."""
     _run_or_404(run_id)
-    try:
-        after = int(request.args.get("after", 0))
-        limit = min(int(request.args.get("limit", 1000)), 5000)
-    except ValueError:
-        return _error(400, "after and limit must be integers")
-    if not 0 <= after <= MAX_SQL_INT or limit < 1:
-        return _error(400, f"after must be between 0 and {MAX_SQL_INT}, and limit >= 1")
-    rows = state.manager().runs.progress(run_id, limit=limit, after_id=after)
-    return jsonify(events=rows, next=rows[-1]["id"] if rows else after)
+    query = parse_query(EventsQuery)
+    limit = min(query.limit, MAX_EVENTS_PAGE)
+    rows = state.manager().runs.progress(run_id, limit=limit, after_id=query.after)
+    return jsonify(events=rows, next=rows[-1]["id"] if rows else query.after)

@@ -13,6 +13,8 @@ from flask import Blueprint, jsonify
 from sqlalchemy import text
 
 from app import state
+from app.apidoc import doc
+from shared.schemas import HealthOut
 
 bp = Blueprint("health", __name__)
 
@@ -59,10 +61,12 @@ def _report(checks: dict[str, Callable[[], str]]):  # type: ignore[no-untyped-de
 
 
 @bp.get("/healthz")
+@doc("Liveness: database and Redis", {200: HealthOut, 503: HealthOut}, public=True)
 def healthz():  # type: ignore[no-untyped-def]
     return _report({"database": _database, "redis": _redis})
 
 
 @bp.get("/readyz")
+@doc("Readiness: schema at head, Redis, a worker", {200: HealthOut, 503: HealthOut}, public=True)
 def readyz():  # type: ignore[no-untyped-def]
     return _report({"database": _schema, "redis": _redis, "worker": _worker})

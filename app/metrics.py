@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from app import state
+from app.apidoc import doc
 from shared.events import latest_event
 from shared.models import FineTuneRun
 from shared.names import QUEUES, RUN_STATUSES, STATUS_COMPLETED
@@ -132,6 +133,7 @@ class ServiceCollector:
 
 
 @bp.get("/metrics")
+@doc("Prometheus metrics", {200: "text/plain"}, public=True)
 def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector())  # type: ignore[arg-type]

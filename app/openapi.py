@@ -1,353 +1,150 @@
-"""GET /api/openapi.json: the API's contract (OpenAPI 3.0), written by hand next to the routes.
+"""GET /api/openapi.json: the API's contract (OpenAPI 3.1), generated.
 
-tests/app/test_openapi.py checks that it names exactly the routes Flask serves, and a
-schemathesis run against a live server checks that responses match it.
+Built from the app's URL map, each view's `@doc` declaration (app/apidoc.py) and the pydantic
+models of shared/schemas.py and shared/run_config.py: the schemas are the validators' own, so
+a bound in the document is the bound the API enforces. tests/app/test_openapi.py checks that
+it names exactly the routes Flask serves; schemathesis (tests/integration/test_api_contract.py)
+and tests/app/test_responses_documented.py check that real answers match it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import models_json_schema
+
+from app.apidoc import Operation, Response, doc, operation_of
+from shared.schemas import ErrorOut
 
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
-OBJ: dict[str, Any] = {"type": "object"}
-NULLABLE_NUM = {"type": "number", "nullable": True}
-NULLABLE_STR = {"type": "string", "nullable": True}
-RUN_ID = {"name": "runId", "in": "path", "required": True, "schema": {"type": "string"}}
-ADAPTER_ID = {"name": "adapterId", "in": "path", "required": True, "schema": {"type": "string"}}
+REF = "#/components/schemas/{model}"
+IGNORED_ENDPOINTS = {"static"}
+DESCRIPTIONS = {101: "Switching Protocols", 200: "OK", 202: "Accepted", 204: "No Content"}
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _path(rule: str) -> str:
+    """`/api/finetune/<run_id>` -> `/api/finetune/{runId}`."""
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "{" + to_camel(m.group(1)) + "}", rule)
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+def _operations(app: Flask) -> list[tuple[str, str, Operation, list[str]]]:
+    """(path, method, declaration, path parameters) for every route the app serves."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in IGNORED_ENDPOINTS:
+            continue
+        operation = operation_of(app.view_functions[rule.endpoint])
+        if operation is None:
+            raise LookupError(f"route {rule.rule} ({rule.endpoint}) has no @doc declaration")
+        params = [to_camel(name) for name in rule.arguments]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            found.append((_path(rule.rule), method.lower(), operation, params))
+    return found
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): _json(_ref("Error"), "Error") for code in codes}
+def _models(operations: list[tuple[str, str, Operation, list[str]]]) -> list[Any]:
+    models: dict[tuple[type[BaseModel], str], None] = {(ErrorOut, "serialization"): None}
+    for _, _, operation, _ in operations:
+        if operation.body is not None:
+            models[(operation.body, "validation")] = None
+        for response in operation.responses.values():
+            if isinstance(response, type):
+                models[(response, "serialization")] = None
+    return list(models)
 
 
-def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses, **extra}
+def _response(status: int, response: Response, refs: dict[Any, Any]) -> dict[str, Any]:
+    description = DESCRIPTIONS.get(status, "Error" if status >= 400 else "OK")
+    if response is None:
+        return {"description": description}
+    if isinstance(response, str):  # a media type: an opaque document or a text body
+        schema = {"type": "object"} if response == JSON else {"type": "string"}
+        return {"description": response, "content": {response: {"schema": schema}}}
+    return {
+        "description": description,
+        "content": {JSON: {"schema": refs[(response, "serialization")]}},
+    }
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": False, "content": {JSON: {"schema": schema}}}}
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(by_alias=True, ref_template=REF)
+    return [
+        {"name": name, "in": "query", "required": False, "schema": _without_null(prop)}
+        for name, prop in schema["properties"].items()
+    ]
 
 
-CONFIG = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "baseModel": {"type": "string", "minLength": 1},
-        "backend": {"type": "string", "enum": ["auto", "trl", "unsloth", "axolotl"]},
-        "loraRank": {"type": "integer", "minimum": 1, "maximum": 1024},
-        "loraAlpha": {"type": "integer", "minimum": 1, "maximum": 4096},
-        "loraDropout": {"type": "number", "minimum": 0, "maximum": 0.9},
-        "targetModules": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "maxSteps": {"type": "integer", "minimum": 1, "nullable": True},
-        "learningRate": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
-        "batchSize": {"type": "integer", "minimum": 1, "maximum": 4096},
-        "gradAccum": {"type": "integer", "minimum": 1, "maximum": 4096},
-        "maxSeqLen": {"type": "integer", "minimum": 16, "maximum": 1048576},
-        "minQualityScore": {"type": "number", "minimum": 0, "maximum": 10},
-        "valSplit": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 0.5},
-        "seed": {"type": "integer", "minimum": 0, "maximum": 2147483647},
-        "evalSteps": {"type": "integer", "minimum": 1},
-        "saveSteps": {"type": "integer", "minimum": 1},
-        "saveTotalLimit": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "loggingSteps": {"type": "integer", "minimum": 1},
-        "packing": {"type": "boolean"},
-        "evalSamples": {"type": "integer", "minimum": 0, "maximum": 1000},
-    },
-}
-RUN = {
-    "type": "object",
-    "required": ["id", "status", "baseModel", "config", "progressUrl"],
-    "properties": {
-        "id": {"type": "string"},
-        "status": {
-            "type": "string",
-            "enum": ["pending", "running", "completed", "failed", "cancelled"],
+def _without_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query string cannot carry null: an optional parameter is simply left out."""
+    options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) != 1:
+        return prop
+    rest = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+    return {**rest, **options[0]}
+
+
+def _operation(operation: Operation, params: list[str], refs: dict[Any, Any]) -> dict[str, Any]:
+    responses = dict(operation.responses)
+    if not operation.public:
+        responses.setdefault(401, ErrorOut)
+    document: dict[str, Any] = {
+        "summary": operation.summary,
+        "responses": {str(s): _response(s, r, refs) for s, r in sorted(responses.items())},
+    }
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in params
+    ]
+    if operation.query is not None:
+        parameters += _query_parameters(operation.query)
+    if parameters:
+        document["parameters"] = parameters
+    if operation.body is not None:
+        document["requestBody"] = {
+            "required": False,
+            "content": {JSON: {"schema": refs[(operation.body, "validation")]}},
+        }
+    if operation.public:
+        document["security"] = [{}]
+    return document
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    operations = _operations(app)
+    refs, schemas = models_json_schema(_models(operations), by_alias=True, ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, operation, params in operations:
+        paths.setdefault(path, {})[method] = _operation(operation, params, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tmde-finetune",
+            "version": "1.0.0",
+            "description": "LoRA fine-tuning from debate traces",
         },
-        "triggeredBy": {"type": "string"},
-        "baseModel": {"type": "string"},
-        "backend": NULLABLE_STR,
-        "startedAt": NULLABLE_STR,
-        "completedAt": NULLABLE_STR,
-        "loraPath": NULLABLE_STR,
-        "config": OBJ,
-        "metrics": {"type": "object", "nullable": True},
-        "promotion": {"type": "object", "nullable": True},
-        "errorMessage": NULLABLE_STR,
-        "errorCode": NULLABLE_STR,
-        "cancelRequested": {"type": "boolean"},
-        "progressUrl": {"type": "string"},
-    },
-}
-ADAPTER = {
-    "type": "object",
-    "required": ["id", "isActive"],
-    "properties": {
-        "id": {"type": "string"},
-        "createdAt": {"type": "string"},
-        "baseModel": {"type": "string"},
-        "isActive": {"type": "boolean"},
-        "tags": {"type": "array", "items": {"type": "string"}},
-        "sha256": {"type": "string"},
-        "sizeBytes": {"type": "integer"},
-        "metrics": OBJ,
-        "promotion": OBJ,
-        "provenance": OBJ,
-        "path": {"type": "string"},
-    },
-}
-ACTIVE_STATE = {
-    "type": "object",
-    "required": ["adapterId", "history"],
-    "properties": {
-        "adapterId": NULLABLE_STR,
-        "activatedAt": NULLABLE_STR,
-        "path": NULLABLE_STR,
-        "history": {"type": "array", "items": OBJ},
-        "exportTaskId": {"type": "string"},
-    },
-}
-HEALTH = {
-    "type": "object",
-    "required": ["status", "checks"],
-    "properties": {"status": {"type": "string"}, "checks": OBJ},
-}
-REASON = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {"reason": {"type": "string", "maxLength": 500}},
-}
-
-PATHS: dict[str, Any] = {
-    "/api/finetune": {
-        "post": _op(
-            "Start a run (202); 409 while one is active; 422 with too few traces",
-            {"202": _json(OBJ, "Accepted"), **_errors(400, 401, 409, 413, 422)},
-            **_body(
-                {"type": "object", "additionalProperties": False, "properties": {"config": CONFIG}}
-            ),
-        ),
-        "get": _op(
-            "List runs, newest first",
-            {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "runs": {"type": "array", "items": _ref("Run")},
-                            "total": {"type": "integer"},
-                        },
-                    }
-                ),
-                **_errors(400, 401),
-            },
-            parameters=[
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 200},
-                },
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {"name": "status", "in": "query", "schema": RUN["properties"]["status"]},  # type: ignore[index]
-            ],
-        ),
-    },
-    "/api/finetune/config/default": {
-        "get": _op("The default FineTuneConfig", {"200": _json(OBJ), **_errors(401)})
-    },
-    "/api/finetune/schedule": {
-        "get": _op(
-            "The beat schedule and its last decision",
-            {"200": _json(OBJ), **_errors(401, 503)},
-        )
-    },
-    "/api/finetune/feeds": {
-        "get": _op("This API process's live-feed counters", {"200": _json(OBJ), **_errors(401)})
-    },
-    "/api/finetune/{runId}": {
-        "get": _op(
-            "One run with its latest event",
-            {"200": _json(_ref("Run")), **_errors(401, 404)},
-            parameters=[RUN_ID],
-        )
-    },
-    "/api/finetune/{runId}/cancel": {
-        "post": _op(
-            "Cancel a run",
-            {"202": _json(_ref("Run")), **_errors(401, 404, 409)},
-            parameters=[RUN_ID],
-        )
-    },
-    "/api/finetune/{runId}/events": {
-        "get": _op(
-            "Stored progress/eval events, paged by id",
-            {"200": _json(OBJ), **_errors(400, 401, 404)},
-            parameters=[
-                RUN_ID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-            ],
-        )
-    },
-    "/api/finetune/{runId}/progress": {
-        "get": _op(
-            "Server-Sent Events until the run ends (Last-Event-ID resumes)",
-            {
-                "200": {
-                    "description": "text/event-stream",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                },
-                **_errors(401, 404),
-            },
-            parameters=[RUN_ID],
-        )
-    },
-    "/api/finetune/{runId}/ws": {
-        "get": _op(
-            "WebSocket feed (upgrade): state, latest event, every event, terminal event",
-            {"101": {"description": "Switching Protocols"}, **_errors(400, 401, 404)},
-            parameters=[RUN_ID, {"name": "after", "in": "query", "schema": {"type": "integer"}}],
-        )
-    },
-    "/api/adapters": {
-        "get": _op(
-            "Published adapters, newest first",
-            {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "adapters": {"type": "array", "items": _ref("Adapter")},
-                            "activeId": NULLABLE_STR,
-                            "total": {"type": "integer"},
-                        },
-                    }
-                ),
-                **_errors(401),
-            },
-        )
-    },
-    "/api/adapters/active": {
-        "get": _op(
-            "active.json and the active adapter", {"200": _json(ACTIVE_STATE), **_errors(401, 409)}
-        )
-    },
-    "/api/adapters/rollback": {
-        "post": _op(
-            "Back to the previously active adapter",
-            {"200": _json(ACTIVE_STATE), **_errors(400, 401, 409)},
-            **_body(REASON),
-        )
-    },
-    "/api/adapters/{adapterId}": {
-        "get": _op(
-            "One adapter: manifest, path, samples",
-            {"200": _json(_ref("Adapter")), **_errors(401, 404)},
-            parameters=[ADAPTER_ID],
-        ),
-        "patch": _op(
-            "Replace the tags",
-            {"200": _json(_ref("Adapter")), **_errors(400, 401, 404, 409)},
-            parameters=[ADAPTER_ID],
-            **_body(
-                {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
-                }
-            ),
-        ),
-        "delete": _op(
-            "Delete (refused for the active adapter)",
-            {"204": {"description": "Deleted"}, **_errors(401, 404, 409)},
-            parameters=[ADAPTER_ID],
-        ),
-    },
-    "/api/adapters/{adapterId}/activate": {
-        "post": _op(
-            "Activate after verifying the sha256",
-            {"200": _json(ACTIVE_STATE), **_errors(400, 401, 404, 409)},
-            parameters=[ADAPTER_ID],
-            **_body(REASON),
-        )
-    },
-    "/api/adapters/{adapterId}/export-gguf": {
-        "post": _op(
-            "Queue a GGUF LoRA + Modelfile export",
-            {"202": _json(OBJ), **_errors(401, 404, 409)},
-            parameters=[ADAPTER_ID],
-        )
-    },
-    "/api/openapi.json": {"get": _op("This document", {"200": _json(OBJ)})},
-    "/healthz": {
-        "get": _op("Liveness: database and Redis", {"200": _json(HEALTH), "503": _json(HEALTH)})
-    },
-    "/readyz": {
-        "get": _op(
-            "Readiness: schema at head, Redis, a worker",
-            {"200": _json(HEALTH), "503": _json(HEALTH)},
-        )
-    },
-    "/metrics": {
-        "get": _op(
-            "Prometheus metrics",
-            {
-                "200": {
-                    "description": "text/plain",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        )
-    },
-    "/": {
-        "get": _op(
-            "The dashboard",
-            {
-                "200": {
-                    "description": "text/html",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
-                }
-            },
-        )
-    },
-}
-
-DOCUMENT: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {
-        "title": "tmde-finetune",
-        "version": "1.0.0",
-        "description": "LoRA fine-tuning from debate traces",
-    },
-    "paths": PATHS,
-    "components": {
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string"}},
-            },
-            "Run": RUN,
-            "Adapter": ADAPTER,
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    },
-    "security": [{"bearer": []}, {}],  # required only when API_TOKEN is set
-}
+        "security": [{"bearer": []}, {}],  # required only when API_TOKEN is set
+    }
+
+
+def _document_of(app: Flask) -> dict[str, Any]:
+    """Built once per app (routes do not change after start-up)."""
+    if "tmde.openapi" not in app.extensions:
+        app.extensions["tmde.openapi"] = build_document(app)
+    return app.extensions["tmde.openapi"]
 
 
 @bp.get("/api/openapi.json")
+@doc("This document (OpenAPI 3.1)", {200: JSON}, public=True)
 def openapi():  # type: ignore[no-untyped-def]
-    return jsonify(DOCUMENT)
+    return jsonify(_document_of(current_app._get_current_object()))  # type: ignore[attr-defined]

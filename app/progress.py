@@ -29,6 +29,7 @@ from flask_sock import ConnectionClosed, Sock
 from redis.exceptions import RedisError
 
 from app import state
+from app.apidoc import doc
 from app.feed import (
     DROPPED,
     HEARTBEAT,
@@ -42,6 +43,7 @@ from app.feed import (
 from app.relay import FeedEvent
 from app.wsout import FrameWriter, OrderedSocket
 from shared.runs import RunNotFoundError, run_to_dict
+from shared.schemas import ErrorOut, FeedsOut, WebsocketQuery
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,10 @@ def sse_frame(event: FeedEvent, last_seq: int) -> str:
 
 
 @bp.get("/<run_id>/progress")
+@doc(
+    "Server-Sent Events until the run ends (Last-Event-ID resumes); 204: already delivered",
+    {200: "text/event-stream", 204: None, 400: ErrorOut, 404: ErrorOut, 503: ErrorOut},
+)
 def progress(run_id: str) -> Response:
     try:
         run = state.manager().get(run_id)
@@ -162,6 +168,11 @@ def _drain_incoming(ws: Any) -> None:
 
 
 @sock.route("/<run_id>/ws", bp=bp)
+@doc(
+    "WebSocket feed (upgrade): state, latest event, every event, terminal event",
+    {101: None, 400: ErrorOut, 404: ErrorOut},
+    query=WebsocketQuery,
+)
 def websocket_feed(ws: Any, run_id: str) -> None:
     try:
         run = state.manager().get(run_id)
@@ -200,6 +211,7 @@ def websocket_feed(ws: Any, run_id: str) -> None:
 
 
 @bp.get("/feeds")
+@doc("This API process's live-feed counters", {200: FeedsOut})
 def feed_stats():  # type: ignore[no-untyped-def]
     """This process's fan-out: live clients, events relayed, clients dropped, reconnects."""
     return state.relay().stats()

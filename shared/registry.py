@@ -48,9 +48,8 @@ REQUIRED_FIELDS = {"id": str, "baseModel": str, "sha256": str, "sizeBytes": int}
 
 
 class AdapterError(Exception):
-    """A registry request that cannot be honoured; `status` is the HTTP status to answer."""
+    """A registry request that cannot be honoured (app/errors.py gives each its HTTP status)."""
 
-    status = 400
     code: ErrorCode = ErrorCode.ADAPTER_INVALID
 
     def __init__(self, message: str) -> None:
@@ -59,17 +58,14 @@ class AdapterError(Exception):
 
 
 class AdapterNotFoundError(AdapterError):
-    status = 404
     code = ErrorCode.ADAPTER_NOT_FOUND
 
 
 class AdapterConflictError(AdapterError):
-    status = 409
     code = ErrorCode.ADAPTER_CONFLICT
 
 
 class AdapterIntegrityError(AdapterError):
-    status = 409
     code = ErrorCode.ADAPTER_INTEGRITY
 
 

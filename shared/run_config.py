@@ -16,16 +16,15 @@ API can answer 400 naming each of them:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from shared import fields as f
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
+from shared.settings import Settings
 
 UNKNOWN_FIELD = "unknown field (GET /api/finetune/config/default lists the allowed ones)"
 
@@ -42,8 +41,6 @@ class ConfigError(ValueError):
 
 
 def _setting_default(name: str) -> Any:
-    from shared.settings import Settings
-
     default = Settings.model_fields[SETTING_FOR.get(name, name)].default
     return list(default) if isinstance(default, tuple) else default
 
@@ -121,3 +118,18 @@ def build_config(settings: Settings, overrides: Mapping[str, Any] | None = None)
         raise ConfigError(
             {key: UNKNOWN_FIELD if why == "unknown field" else why for key, why in errors.items()}
         ) from None
+
+
+def markdown_table() -> str:
+    """The README's run-config table, generated: `python -m shared.run_config` prints it."""
+    lines = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
+    for name, info in FIELDS.items():
+        setting = Settings.model_fields.get(SETTING_FOR.get(name, name))
+        default = "null" if setting is None else f"`{setting.validation_alias}`"
+        allowed = f.allowed(info).removeprefix("must be ")
+        lines.append(f"| `{info.alias}` | {default} | {allowed} | {info.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

@@ -33,6 +33,7 @@ from shared.names import (
     cancel_key,
 )
 from shared.run_config import FineTuneConfig, build_config
+from shared.schemas import ProgressPoint, RunOut
 from shared.settings import Settings
 from shared.traces import TraceStore
 
@@ -51,6 +52,10 @@ class RunConflictError(RuntimeError):
         self.run_id = run_id
 
 
+class RunInProgressError(RunConflictError):
+    """Single flight: a run is already active (`run_id` names it, None if it just ended)."""
+
+
 def new_run_id() -> str:
     return "run_" + secrets.token_hex(6)
 
@@ -60,29 +65,29 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def run_to_dict(run: FineTuneRun) -> dict[str, Any]:
-    """The API's view of a run (camelCase, as the seed's TypeScript types)."""
-    return {
-        "id": run.id,
-        "status": run.status,
-        "triggeredBy": run.triggered_by,
-        "baseModel": run.base_model,
-        "backend": run.backend,
-        "startedAt": _iso(run.started_at),
-        "completedAt": _iso(run.completed_at),
-        "tracesUsed": run.traces_used,
-        "trainExamples": run.train_examples,
-        "valExamples": run.val_examples,
-        "loraPath": run.lora_path,
-        "config": run.config_dict(),
-        "metrics": run.metrics_dict(),
-        "promotion": run.promotion_dict(),
-        "errorMessage": run.error_message,
-        "errorCode": run.error_code,
-        "cancelRequested": run.cancel_requested,
-        "logPath": run.log_path,
-        "exportDir": run.export_dir,
-        "progressUrl": f"/api/finetune/{run.id}/progress",
-    }
+    """The API's view of a run (camelCase, as the seed's TypeScript types): a RunOut."""
+    return RunOut(
+        id=run.id,
+        status=run.status,
+        triggered_by=run.triggered_by,
+        base_model=run.base_model,
+        backend=run.backend,
+        started_at=_iso(run.started_at),
+        completed_at=_iso(run.completed_at),
+        traces_used=run.traces_used,
+        train_examples=run.train_examples,
+        val_examples=run.val_examples,
+        lora_path=run.lora_path,
+        config=run.config_dict(),
+        metrics=run.metrics_dict(),
+        promotion=run.promotion_dict(),
+        error_message=run.error_message,
+        error_code=run.error_code,
+        cancel_requested=run.cancel_requested,
+        log_path=run.log_path,
+        export_dir=run.export_dir,
+        progress_url=f"/api/finetune/{run.id}/progress",
+    ).model_dump(mode="json")
 
 
 class RunStore:
@@ -203,17 +208,17 @@ class RunStore:
                 .limit(limit)
             ).all()
         return [
-            {
-                "id": row.id,
-                "type": row.event_type,
-                "step": row.step,
-                "totalSteps": row.total_steps,
-                "loss": row.loss,
-                "evalLoss": row.eval_loss,
-                "learningRate": row.learning_rate,
-                "etaSeconds": row.eta_seconds,
-                "timestamp": _iso(row.timestamp),
-            }
+            ProgressPoint(
+                id=row.id,
+                type=row.event_type,
+                step=row.step,
+                total_steps=row.total_steps,
+                loss=row.loss,
+                eval_loss=row.eval_loss,
+                learning_rate=row.learning_rate,
+                eta_seconds=row.eta_seconds,
+                timestamp=_iso(row.timestamp),
+            ).model_dump(mode="json")
             for row in rows
         ]
 
@@ -251,7 +256,7 @@ class FineTuneManager:
         config: FineTuneConfig = build_config(self.settings, overrides)
         active = self.active_run()
         if active is not None:
-            raise RunConflictError("A fine-tune run is already in progress", active.id)
+            raise RunInProgressError("A fine-tune run is already in progress", active.id)
         stats = self.traces.get_stats(config.min_quality_score)
         required = self.settings.min_traces
         if stats.fine_tune_candidates < required:
@@ -275,7 +280,7 @@ class FineTuneManager:
                 session.add(run)
         except IntegrityError as exc:  # another process won the single-flight slot
             active = self.active_run()
-            raise RunConflictError(
+            raise RunInProgressError(
                 "A fine-tune run is already in progress", active.id if active else None
             ) from exc
         from shared.queue import enqueue_pipeline

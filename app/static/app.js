@@ -238,11 +238,12 @@ function applyEvent(e) {
   if (e.type === "progress" || e.type === "eval" || e.type === "training_start") showStep(e);
 }
 
+// The API's bodies are camelCase (their models' aliases), events are the seed's snake_case:
+// one rule between the two, not a table of names to keep in step.
+const snakeCase = (key) => key.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+
 function fromHistory(row) {
-  return {
-    type: row.type, step: row.step, total_steps: row.totalSteps, loss: row.loss,
-    eval_loss: row.evalLoss, learning_rate: row.learningRate, eta_seconds: row.etaSeconds,
-  };
+  return Object.fromEntries(Object.entries(row).map(([key, value]) => [snakeCase(key), value]));
 }
 
 async function loadHistory(runId) {

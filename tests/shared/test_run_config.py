@@ -290,3 +290,15 @@ def test_module_doctest() -> None:
     import shared.run_config
 
     assert doctest.testmod(shared.run_config).failed == 0
+
+
+def test_readme_run_config_table_is_the_generated_one() -> None:
+    from pathlib import Path
+
+    from shared.run_config import markdown_table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert markdown_table() + "\n" in readme, (
+        "README.md's run-config table differs from FineTuneConfig: "
+        "regenerate it with `python -m shared.run_config`"
+    )
