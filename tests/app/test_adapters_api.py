@@ -13,21 +13,17 @@ from flask.testing import FlaskClient
 from shared.names import QUEUE_DELIVERY, TASK_EXPORT_GGUF
 from shared.settings import Settings
 from tests.adapters import make_adapter
-from tests.conftest import drain
+from tests.helpers import drain
 
 IDS = ["run_aaaaaa", "run_bbbbbb", "run_cccccc"]
 
 
 @pytest.fixture
-def make_app(settings: Settings, sqlite_app: Any) -> Any:
+def make_app(settings: Settings, make_app: Any) -> Any:
+    """The conftest factory, with three published adapters in the registry."""
     for day, adapter_id in enumerate(IDS, start=1):
         make_adapter(settings.lora_output_dir, adapter_id, created=f"2026-11-0{day}T00:00:00Z")
-    return sqlite_app
-
-
-@pytest.fixture
-def client(make_app: Any) -> FlaskClient:
-    return make_app().test_client()
+    return make_app
 
 
 def test_list_and_get(client: FlaskClient, settings: Settings) -> None:

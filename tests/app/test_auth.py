@@ -9,11 +9,6 @@ import pytest
 TOKEN = "0123456789abcdef-token"
 
 
-@pytest.fixture
-def make_app(sqlite_app: Any) -> Any:
-    return sqlite_app
-
-
 @pytest.mark.parametrize(
     "method, path",
     [

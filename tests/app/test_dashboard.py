@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.app.conftest import FeedEnv
+from tests.app.feeds import FeedEnv
 
 STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
@@ -12,12 +11,10 @@ from celery import Celery
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app
 from shared.events import Emitter, ProgressEvent, RedisPublisher
 from shared.names import QUEUE_EXPORT, TASK_EXPORT
 from shared.run_config import build_config
 from shared.runs import FineTuneManager
-from shared.settings import Settings
 from shared.traces import TraceStore
 from tests.conftest import drain
 
@@ -26,44 +23,9 @@ from tests.conftest import drain
 
 
 @pytest.fixture
-def fake_server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def redis_client(fake_server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=fake_server)
-
-
-@pytest.fixture
-def make_app(
-    settings: Settings, migrated_url: str, celery_app: Celery, redis_client: Any
-) -> Iterator[Any]:
-    apps: list[Flask] = []
-
-    def make(**changes: Any) -> Flask:
-        app = create_app(
-            settings.replace(database_url=migrated_url, **changes),
-            celery=celery_app,
-            redis_client=redis_client,
-        )
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["tmde.db"].dispose()
-
-
-@pytest.fixture
-def app(make_app: Any, trace_store: TraceStore) -> Flask:
-    return make_app()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def app_database_url(migrated_url: str) -> str:
+    """These tests run over SQLite and PostgreSQL (tests/conftest.py's database_url)."""
+    return migrated_url
 
 
 def manager_of(app: Flask) -> FineTuneManager:

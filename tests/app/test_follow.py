@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.follow import ProgressView, exit_code, follow, format_eta, iter_sse, render
-from tests.app.conftest import FeedEnv
+from tests.app.feeds import FeedEnv
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,15 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
 from celery import Celery
-from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app import create_app
 from shared.queue import make_celery
 from shared.settings import Settings
 
@@ -32,24 +29,6 @@ def celery_app(settings: Settings) -> Iterator[Celery]:
     app.close()
 
 
-@pytest.fixture
-def make_app(settings: Settings, celery_app: Celery) -> Iterator[Any]:
-    apps: list[Flask] = []
-
-    def make(database_url: str, redis_client: Any) -> Flask:
-        app = create_app(
-            settings.replace(database_url=database_url),
-            celery=celery_app,
-            redis_client=redis_client,
-        )
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["tmde.db"].dispose()
-
-
 def closed_port() -> int:
     """A local TCP port nothing listens on."""
     with socket.socket() as sock:
@@ -58,7 +37,7 @@ def closed_port() -> int:
 
 
 def test_healthy(make_app: Any, migrated_url: str) -> None:
-    app = make_app(migrated_url, fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    app = make_app(database_url=migrated_url)
     response = app.test_client().get("/healthz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
@@ -72,7 +51,7 @@ def test_redis_unreachable_is_503(make_app: Any, database_url: str) -> None:
         socket_timeout=2,
         retry=Retry(NoBackoff(), 0),
     )
-    app = make_app(database_url, client)
+    app = make_app(database_url=database_url, redis_client=client)
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     body = response.get_json()
@@ -83,7 +62,7 @@ def test_redis_unreachable_is_503(make_app: Any, database_url: str) -> None:
 
 def test_database_unreachable_is_503(make_app: Any) -> None:
     url = f"postgresql://postgres@127.0.0.1:{closed_port()}/test?connect_timeout=2"
-    app = make_app(url, fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    app = make_app(database_url=url)
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     body = response.get_json()
@@ -93,7 +72,7 @@ def test_database_unreachable_is_503(make_app: Any) -> None:
 
 
 def test_ready_needs_schema_at_head_and_a_worker(make_app: Any, database_url: str) -> None:
-    app = make_app(database_url, fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    app = make_app(database_url=database_url)
     body = app.test_client().get("/readyz").get_json()
     assert body["status"] == "degraded" and body["checks"]["redis"] == "ok"
     assert "db upgrade" in body["checks"]["database"]  # not migrated yet
@@ -101,7 +80,7 @@ def test_ready_needs_schema_at_head_and_a_worker(make_app: Any, database_url: st
 
 
 def test_ready_database_at_head(make_app: Any, migrated_url: str) -> None:
-    app = make_app(migrated_url, fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    app = make_app(database_url=migrated_url)
     response = app.test_client().get("/readyz")
     assert response.status_code == 503 and response.get_json()["checks"]["database"] == "ok"
 

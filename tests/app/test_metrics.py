@@ -24,8 +24,8 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_metrics(settings: Settings, sqlite_app: Any) -> None:
-    db = Database(sqlite_app.database_url)
+def test_metrics(settings: Settings, make_app: Any, app_database_url: str) -> None:
+    db = Database(app_database_url)
     with db.session() as session:
         session.add(
             FineTuneRun(
@@ -62,7 +62,7 @@ def test_metrics(settings: Settings, sqlite_app: Any) -> None:
     )
     make_adapter(settings.lora_output_dir, "run_000001")
     AdapterRegistry(settings.lora_output_dir).activate("run_000001")
-    response = sqlite_app(redis_client=redis).test_client().get("/metrics")
+    response = make_app(redis_client=redis).test_client().get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     samples = _samples(response.get_data(as_text=True))
     assert samples[("tmde_runs", (("status", "completed"),))] == 1
@@ -79,9 +79,9 @@ def test_metrics(settings: Settings, sqlite_app: Any) -> None:
     assert samples[("tmde_active_adapter_info", (("adapter_id", "run_000001"),))] == 1
 
 
-def test_metrics_survive_a_redis_outage(sqlite_app: Any) -> None:
+def test_metrics_survive_a_redis_outage(make_app: Any) -> None:
     redis = fakeredis.FakeRedis()
     redis.connected = False  # every command raises ConnectionError
-    response = sqlite_app(redis_client=redis).test_client().get("/metrics")
+    response = make_app(redis_client=redis).test_client().get("/metrics")
     assert response.status_code == 200
     assert ("tmde_runs", (("status", "pending"),)) in _samples(response.get_data(as_text=True))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.app.conftest import FeedEnv
+from tests.app.feeds import FeedEnv
 
 
 def sse(chunks: Any) -> Iterator[dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import websocket  # websocket-client
 
-from tests.app.conftest import FeedEnv
+from tests.app.feeds import FeedEnv
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -22,7 +22,7 @@ from shared.events import (
     replay_events,
     replay_key,
 )
-from tests.app.conftest import FeedEnv
+from tests.app.feeds import FeedEnv
 
 
 def wait_for(predicate: Any, timeout: float = 5.0) -> None:

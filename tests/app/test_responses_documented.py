@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 
 from shared.settings import Settings
 from tests.adapters import make_adapter
-from tests.app.conftest import FeedEnv
+from tests.app.feeds import FeedEnv
 
 ADAPTERS = ("run_aaaaaa", "run_bbbbbb")
 
@@ -118,25 +118,14 @@ def test_every_route_answers_as_documented(check: Checker, feed_env: FeedEnv) ->
     assert documented - check.seen == set(), "routes this test does not call"
 
 
-def test_401_is_documented_for_every_protected_route(feed_env: FeedEnv, settings: Settings) -> None:
-    from app import create_app
-
-    protected = create_app(
-        settings.replace(
-            database_url=feed_env.app.extensions["tmde.settings"].database_url,
-            api_token="a-token-of-sixteen-chars",
-        ),
-        celery=feed_env.app.extensions["tmde.manager"].celery,
-        redis_client=feed_env.redis,
-    )
-    check = Checker(protected.test_client())
+def test_401_is_documented_for_every_protected_route(make_app: Any) -> None:
+    check = Checker(make_app(api_token="a-token-of-sixteen-chars").test_client())
     for path, operations in check.document["paths"].items():
         for method, operation in operations.items():
             if operation.get("security") == [{}] or not path.startswith("/api/"):
                 continue
             concrete = re.sub(r"\{\w+\}", "run_0123456789ab", path)
             check(method, concrete, 401)
-    protected.extensions["tmde.db"].dispose()
 
 
 def _bounds(document: dict[str, Any]) -> list[tuple[str, str, float, float]]:
