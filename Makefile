@@ -56,14 +56,15 @@ $(UNSLOTH_STAMP): pyproject.toml
 
 # Axolotl pins ~150 packages exactly; resolved together with Celery, Flower and the dev tools,
 # pip backtracks for over 12 minutes. Its environment runs only Axolotl and the backend suite:
-# the `axolotl` extra's requirement and pytest, then the project without its service dependencies.
+# the `axolotl` extra's requirement, pytest and what shared/ needs beside Axolotl's own pins
+# (pydantic-settings for the settings), then the project without its service dependencies.
 AXOLOTL_SPEC := $(shell sed -n 's/^axolotl = \["\([^"]*\)".*/\1/p' pyproject.toml)
 $(AXOLOTL_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(AXOLOTL_VENV)
 	$(AXOLOTL_VENV)/bin/pip install -q --upgrade pip
 	echo "$(TORCH_SPEC)" > $(AXOLOTL_VENV)/constraints.txt
 	$(AXOLOTL_VENV)/bin/pip install -q -c $(AXOLOTL_VENV)/constraints.txt "$(AXOLOTL_SPEC)" \
-		"pytest>=8" "pytest-timeout>=2.3"
+		"pytest>=8" "pytest-timeout>=2.3" "pydantic-settings>=2.7"
 	$(AXOLOTL_VENV)/bin/pip install -q --no-deps -e .
 	rm -f $(AXOLOTL_VENV)/.installed-* && touch $@
 
