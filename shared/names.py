@@ -7,6 +7,7 @@ One definition of each, so the API, the workers and the CLI can never drift apar
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import Literal, get_args
 
 # --- Celery ---------------------------------------------------------------------------------
 TASK_EXPORT = "tmde.finetune.export"
@@ -38,11 +39,13 @@ STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
 STATUS_CANCELLED = "cancelled"
-RUN_STATUSES = (STATUS_PENDING, STATUS_RUNNING, STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED)
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]  # the API's type
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 ACTIVE_STATUSES = (STATUS_PENDING, STATUS_RUNNING)
 TERMINAL_STATUSES = (STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED)
 
-TRIGGERS = ("manual", "scheduled", "api")
+Trigger = Literal["manual", "scheduled", "api"]
+TRIGGERS: tuple[str, ...] = get_args(Trigger)
 
 # What an active run is doing (finetune_runs.phase). Only working phases must heartbeat.
 PHASE_EXPORTING = "exporting"

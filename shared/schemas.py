@@ -19,14 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.manifest import ManifestMetrics
+from shared.names import RunStatus, Trigger
 from shared.run_config import FineTuneConfig
 
 MAX_PAGE = 200
 MAX_SQL_INT = 2**63 - 1  # larger numbers overflow the database's integer type
 MAX_EVENTS_PAGE = 5000
 
-RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-Trigger = Literal["manual", "scheduled", "api"]
 Json = dict[str, Any]
 
 

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=True,
         env_ignore_empty=True,
+        # the defaults are this file's own; validating them would import croniter in every
+        # process, Axolotl's environment included, for a value that cannot be wrong
+        validate_default=False,
     )
 
     # --- seed §8.1 ---

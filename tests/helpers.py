@@ -1,15 +1,19 @@
 """Test helpers, as a plain module: fixtures live in the conftest files and use these, and
-tests import them from here (never from a conftest, which pytest loads by itself)."""
+tests import them from here (never from a conftest, which pytest loads by itself).
+
+tests/conftest.py imports this module, and the backend suite runs it in Axolotl's environment,
+which has only shared/'s lowest layer (settings): database imports stay inside the functions."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.models import FineTuneRun
-from shared.runs import FineTuneManager, new_run_id
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.runs import FineTuneManager
 
 
 def make_settings(root: Path, **overrides: object) -> Settings:
@@ -51,6 +55,9 @@ def memory_celery(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def insert_run(manager: FineTuneManager, status: str, **values: Any) -> str:
+    from shared.models import FineTuneRun
+    from shared.runs import new_run_id
+
     run_id = new_run_id()
     with manager.db.session() as session:
         session.add(FineTuneRun(id=run_id, status=status, base_model="m", config="{}", **values))

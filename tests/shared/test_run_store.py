@@ -185,3 +185,10 @@ def test_new_run_ids_are_unique_and_well_formed() -> None:
     assert len(ids) == 200
     assert all(len(i) == 16 and i.startswith("run_") for i in ids)
     assert all(int(i[4:], 16) >= 0 for i in ids)
+
+
+def test_status_names_are_one_definition() -> None:
+    from shared.names import RUN_STATUSES, STATUS_CANCELLED, STATUS_PENDING, TERMINAL_STATUSES
+
+    assert RUN_STATUSES[0] == STATUS_PENDING and STATUS_CANCELLED in TERMINAL_STATUSES
+    assert set(TERMINAL_STATUSES) < set(RUN_STATUSES)
