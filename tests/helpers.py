@@ -6,11 +6,15 @@ which has only shared/'s lowest layer (settings): database imports stay inside t
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
     from shared.runs import FineTuneManager
@@ -72,3 +76,14 @@ def next_message(pubsub: Any, timeout: float = 2.0) -> dict | None:
         if message is not None:
             return message
     return None
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`tmde-finetune ARGS` in a child process (as the console script runs it), from the repo."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from shared import cli
 from shared.names import ExitCode
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import run_cli
 
 
 def test_api_has_help() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "api", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("api", "--help")
     assert result.returncode == 0 and "--port" in result.stdout
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from shared import cli, commands
 from shared.commands import GROUP
 from shared.names import ExitCode
 from shared.settings import Settings
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,11 +90,5 @@ def test_a_passthrough_command_gets_every_argument() -> None:
 
 @pytest.mark.parametrize("command", [[], ["db"], ["traces"], ["start"], ["follow"], ["status"]])
 def test_every_command_has_help(command: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *command, "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli(*command, "--help")
     assert result.returncode == 0 and "usage" in result.stdout.lower()

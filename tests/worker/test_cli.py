@@ -3,16 +3,11 @@ help for each, and the seed's scripts get their arguments whole."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from shared import cli
 from shared.names import ExitCode
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import run_cli
 
 
 @pytest.mark.parametrize(
@@ -20,25 +15,13 @@ REPO = Path(__file__).resolve().parents[2]
     [["worker"], ["beat"], ["flower"], ["adapters"], ["demo"], ["train"], ["export"]],
 )
 def test_every_command_has_help(command: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *command, "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli(*command, "--help")
     assert result.returncode == 0 and "usage" in result.stdout.lower()
 
 
 def test_the_scripts_help_is_their_own() -> None:
     # the train script's flags, not an empty pass-through subparser's page
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "train", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("train", "--help")
     assert result.returncode == 0 and "--train-data" in result.stdout
 
 
