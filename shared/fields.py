@@ -58,10 +58,11 @@ EvalSamples = Annotated[int, Field(ge=0, le=1000)]
 def _bounds(info: FieldInfo) -> dict[str, float]:
     found: dict[str, float] = {}
     for item in info.metadata:
+        if not isinstance(item, annotated_types.BaseMetadata):
+            continue
         for name in ("ge", "gt", "le", "lt"):
-            value = getattr(item, name, None)
-            if isinstance(item, annotated_types.BaseMetadata) and value is not None:
-                found[name] = value
+            if getattr(item, name, None) is not None:
+                found[name] = getattr(item, name)
     return found
 
 
@@ -119,9 +120,14 @@ def allowed(info: FieldInfo) -> str:
 
 
 def field_errors(
-    exc: ValidationError, fields: dict[str, FieldInfo], *, by_alias: bool = True
+    exc: ValidationError,
+    fields: dict[str, FieldInfo],
+    *,
+    by_alias: bool = True,
+    unknown: str = "unknown field",
 ) -> dict[str, str]:
-    """{field name as the caller spelled it: message}, one entry per field that failed."""
+    """{field name as the caller spelled it: message}, one entry per field that failed;
+    `unknown` is the message for a key the model does not declare."""
     by_name = {
         (info.alias if by_alias and info.alias else name): info for name, info in fields.items()
     }
@@ -130,7 +136,7 @@ def field_errors(
         key = str(error["loc"][0]) if error["loc"] else "config"
         info = by_name.get(key)
         if error["type"] == "extra_forbidden" or info is None:
-            errors[key] = "unknown field"
+            errors[key] = unknown
         elif error["type"] == "value_error":
             errors.setdefault(key, str(error["ctx"]["error"]))
         else:

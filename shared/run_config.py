@@ -40,14 +40,19 @@ class ConfigError(ValueError):
         self.errors = errors
 
 
-def _setting_default(name: str) -> Any:
-    default = Settings.model_fields[SETTING_FOR.get(name, name)].default
-    return list(default) if isinstance(default, tuple) else default
+def _from_setting(settings: Settings, name: str, fallback: Any = None) -> Any:
+    """What the setting behind config field `name` holds (a list where the setting is a
+    tuple); `fallback` for a field no setting supplies."""
+    value = getattr(settings, SETTING_FOR.get(name, name), fallback)
+    return list(value) if isinstance(value, tuple) else value
+
+
+_BUILT_IN = Settings.model_construct()  # the built-in defaults, without reading the environment
 
 
 def _field(name: str, description: str) -> Any:
     """A field whose documented default is the setting's built-in default."""
-    return Field(default=_setting_default(name), description=description)
+    return Field(default=_from_setting(_BUILT_IN, name), description=description)
 
 
 class FineTuneConfig(BaseModel):
@@ -97,12 +102,10 @@ FIELDS = FineTuneConfig.model_fields
 
 def default_config(settings: Settings) -> dict[str, Any]:
     """Every field with its default from `settings`, camelCase, in the documented order."""
-    values: dict[str, Any] = {}
-    for name, info in FIELDS.items():
-        setting = SETTING_FOR.get(name, name)
-        value = getattr(settings, setting) if setting in type(settings).model_fields else None
-        values[info.alias or name] = list(value) if isinstance(value, tuple) else value
-    return values
+    return {
+        info.alias or name: _from_setting(settings, name, info.default)
+        for name, info in FIELDS.items()
+    }
 
 
 def build_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> FineTuneConfig:
@@ -114,10 +117,7 @@ def build_config(settings: Settings, overrides: Mapping[str, Any] | None = None)
     try:
         return FineTuneConfig.model_validate({**default_config(settings), **overrides})
     except ValidationError as exc:
-        errors = f.field_errors(exc, FIELDS)
-        raise ConfigError(
-            {key: UNKNOWN_FIELD if why == "unknown field" else why for key, why in errors.items()}
-        ) from None
+        raise ConfigError(f.field_errors(exc, FIELDS, unknown=UNKNOWN_FIELD)) from None
 
 
 def markdown_table() -> str:
