@@ -3,7 +3,9 @@
 Each trace is a grade-school word problem debated by a proposer, a critic and a judge. Most
 debates converge on a worked answer ending in "The answer is N." and score 8-10; some settle on
 a wrong answer and score lower, and a few questions were asked twice (the exporter keeps the
-better debate). Deterministic for a given seed.
+better debate). A first proposal that guessed wrong is superseded by the revision: those drafts
+are the rejected side of the export's preference pairs (worker/pairs.py). Deterministic for a
+given seed.
 """
 
 from __future__ import annotations
@@ -94,14 +96,16 @@ def _debate(
     first_guess = answer + rng.choice([0, 0, 1, -1, 10])
     rounds = [
         Round(
-            "proposer", f"Let me work it out. {' '.join(steps[:1])} I get {first_guess}.", PROPOSER
+            "proposer",
+            f"Let me work it out. {' '.join(steps[:1])} The answer is {first_guess}.",
+            PROPOSER,
         ),
         Round(
             "critic",
             "Check the last step again: did you apply every quantity in the question?",
             CRITIC,
         ),
-        Round("proposer", f"Revised: {worked} Final: {final_number}.", PROPOSER),
+        Round("proposer", f"Revised: {worked} The answer is {final_number}.", PROPOSER),
         Round(
             "judge",
             "The revised solution is consistent with the question."

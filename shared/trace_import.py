@@ -4,10 +4,14 @@ One JSON object per line:
 
     {"id": "t1", "query": "...", "final_answer": "...", "quality_score": 8.5,
      "templates_used": ["socratic"], "context": "...", "created_at": "2026-02-20T02:00:00Z",
-     "rounds": [{"role": "proposer", "model": "qwen3:32b", "content": "..."}, ...]}
+     "rounds": [{"role": "proposer", "model": "qwen3:32b", "content": "...",
+                 "verdict": "rejected"}, ...]}
 
-`templates_used`, `context` and `created_at` are optional. Policy: good lines are kept and each
-bad line is reported with its number and reason (`--strict` refuses the whole file instead).
+`templates_used`, `context` and `created_at` are optional, and so are a round's `model` and
+`verdict`: "accepted" or "rejected" when the debate judged that round, null or absent when it
+did not (the exporter's preference pairs take the rejected rounds). Any other verdict makes the
+line bad. Policy: good lines are kept and each bad line is reported with its number and reason
+(`--strict` refuses the whole file instead).
 Every trace is written with its rounds in one transaction, so no row is ever half-written.
 Importing is idempotent on `id`: a line whose id is already stored replaces that trace.
 """
@@ -20,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.traces import Round, Trace, TraceStore
+from shared.traces import VERDICTS, Round, Trace, TraceStore
 
 REQUIRED = ("id", "query", "final_answer", "quality_score", "rounds")
 KNOWN = {*REQUIRED, "templates_used", "context", "created_at"}
@@ -66,9 +70,20 @@ def _created_at(value: Any) -> str:
     return parsed.astimezone(UTC).isoformat()
 
 
+def _verdict(item: dict[str, Any], index: int) -> str | None:
+    verdict = item.get("verdict")
+    if verdict is not None and verdict not in VERDICTS:
+        # shown as JSON, as it is written in the file (true, not True; "x" with its quotes)
+        allowed = " or ".join(f'"{v}"' for v in VERDICTS)
+        raise TraceLineError(
+            f"rounds[{index}].verdict {json.dumps(verdict)} must be {allowed} (or null)"
+        )
+    return verdict
+
+
 def _rounds(value: Any) -> list[Round]:
     if not isinstance(value, list):
-        raise TraceLineError("'rounds' must be a list of {role, content, model?} objects")
+        raise TraceLineError("'rounds' must be a list of {role, content, model?, verdict?} objects")
     rounds = []
     for index, item in enumerate(value):
         if not isinstance(item, dict):
@@ -79,7 +94,7 @@ def _rounds(value: Any) -> list[Round]:
         model = item.get("model")
         if model is not None and not isinstance(model, str):
             raise TraceLineError(f"rounds[{index}].model must be a string")
-        rounds.append(Round(item["role"], item["content"], model))
+        rounds.append(Round(item["role"], item["content"], model, _verdict(item, index)))
     return rounds
 
 

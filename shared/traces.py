@@ -5,7 +5,14 @@ Schema (created on first use; the Proposer writes the same tables):
     traces(id TEXT PK, query TEXT, final_answer TEXT, templates_used TEXT  -- JSON list,
            context TEXT NULL, quality_score REAL CHECK 0..10, created_at TEXT  -- ISO 8601 UTC)
     rounds(id INTEGER PK, trace_id TEXT FK -> traces.id ON DELETE CASCADE, round_index INTEGER,
-           role TEXT, model TEXT NULL, content TEXT, UNIQUE(trace_id, round_index))
+           role TEXT, model TEXT NULL, content TEXT,
+           verdict TEXT NULL CHECK NULL | 'accepted' | 'rejected', UNIQUE(trace_id, round_index))
+
+The schema version is SQLite's `PRAGMA user_version`: 0 is the seed schema (no `verdict`), 1 adds
+`rounds.verdict`. A store written by the seed schema (or by a Proposer that still creates it) is
+upgraded in place on first connect, in one BEGIN IMMEDIATE transaction that re-checks what is
+there, so two processes opening an old store at once both end up with it upgraded once. An
+up-to-date store costs one PRAGMA read per connection.
 
 Reads stream rows from a cursor, so memory stays flat however large the store grows.
 """
@@ -21,7 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+SCHEMA_VERSION = 1
+VERDICTS = ("accepted", "rejected")
+# What to do when an objective with DPO finds no preference pairs (the API's 422, the run's error).
+PAIRS_HELP = (
+    'Import rounds with "verdict": "rejected" (tmde-finetune traces import FILE.jsonl), or keep '
+    "the debate's superseded proposer rounds in the trace store; or start the run with "
+    'objective "sft"'
+)
+VERDICT_CHECK = f"CHECK (verdict IS NULL OR verdict IN ({', '.join(repr(v) for v in VERDICTS)}))"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS traces (
     id TEXT PRIMARY KEY,
     query TEXT NOT NULL,
@@ -40,9 +57,39 @@ CREATE TABLE IF NOT EXISTS rounds (
     role TEXT NOT NULL,
     model TEXT,
     content TEXT NOT NULL,
+    verdict TEXT {VERDICT_CHECK},
     UNIQUE (trace_id, round_index)
 );
 """
+
+
+def _statements(script: str) -> list[str]:
+    """SCHEMA's statements one by one: executescript() would COMMIT the upgrade's transaction."""
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def ensure_schema(db: sqlite3.Connection) -> None:
+    """Create or upgrade the store to SCHEMA_VERSION; a no-op (one PRAGMA read) when current."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    # IMMEDIATE takes the write lock before reading, so a second process upgrading at the same
+    # time waits here and then sees the finished upgrade below instead of repeating it.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            for statement in _statements(SCHEMA):
+                db.execute(statement)
+            if not _has_column(db, "rounds", "verdict"):  # a seed-schema store
+                db.execute(f"ALTER TABLE rounds ADD COLUMN verdict TEXT {VERDICT_CHECK}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
 
 
 @dataclass
@@ -50,6 +97,7 @@ class Round:
     role: str
     content: str
     model: str | None = None
+    verdict: str | None = None  # "accepted" | "rejected" (VERDICTS) when the debate judged it
 
 
 @dataclass
@@ -101,7 +149,7 @@ class TraceStore:
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("PRAGMA busy_timeout=30000")
         try:
-            connection.executescript(SCHEMA)
+            ensure_schema(connection)
             yield connection
         finally:
             connection.close()
@@ -127,11 +175,27 @@ class TraceStore:
             query = "SELECT COUNT(*) FROM traces WHERE quality_score >= ?"
             return db.execute(query, (min_quality,)).fetchone()[0]
 
+    def count_pair_sources(self, min_quality: float) -> int:
+        """Eligible traces that may give preference pairs (worker/pairs.py): a round judged
+        rejected, or, without verdicts, a proposer round whose text is not the final answer.
+        An upper bound (the answer comparison needs Python): 0 means the export has no pairs."""
+        query = """
+            SELECT COUNT(*) FROM traces t WHERE t.quality_score >= ? AND (
+              EXISTS (SELECT 1 FROM rounds r WHERE r.trace_id = t.id AND r.verdict = 'rejected')
+              OR (NOT EXISTS (SELECT 1 FROM rounds r
+                              WHERE r.trace_id = t.id AND r.verdict IS NOT NULL)
+                  AND EXISTS (SELECT 1 FROM rounds r WHERE r.trace_id = t.id
+                              AND lower(trim(r.role)) = 'proposer'
+                              AND lower(trim(r.content)) <> lower(trim(t.final_answer)))))
+        """
+        with self.connect(create=True) as db:
+            return db.execute(query, (min_quality,)).fetchone()[0]
+
     def get_fine_tune_traces(self, min_quality: float) -> Iterator[Trace]:
         """Traces with quality >= `min_quality`, best first, each with its rounds, streamed."""
         query = """
             SELECT t.id, t.query, t.final_answer, t.templates_used, t.context, t.quality_score,
-                   t.created_at, r.role, r.model, r.content
+                   t.created_at, r.role, r.model, r.content, r.verdict
             FROM traces t LEFT JOIN rounds r ON r.trace_id = t.id
             WHERE t.quality_score >= ?
             ORDER BY t.quality_score DESC, t.created_at DESC, t.id, r.round_index
@@ -152,7 +216,9 @@ class TraceStore:
                         created_at=row["created_at"],
                     )
                 if row["role"] is not None:
-                    current.rounds.append(Round(row["role"], row["content"], row["model"]))
+                    current.rounds.append(
+                        Round(row["role"], row["content"], row["model"], row["verdict"])
+                    )
             if current is not None:
                 yield current
 
@@ -174,8 +240,12 @@ class TraceStore:
             ),
         )
         db.executemany(
-            "INSERT INTO rounds (trace_id, round_index, role, model, content) VALUES (?,?,?,?,?)",
-            [(trace.id, i, r.role, r.model, r.content) for i, r in enumerate(trace.rounds)],
+            "INSERT INTO rounds (trace_id, round_index, role, model, content, verdict)"
+            " VALUES (?,?,?,?,?,?)",
+            [
+                (trace.id, i, r.role, r.model, r.content, r.verdict)
+                for i, r in enumerate(trace.rounds)
+            ],
         )
         return existed is None
 

@@ -1,4 +1,4 @@
-"""Export high-quality debate traces to Alpaca-format JSONL (seed §2.4).
+"""Export high-quality debate traces to Alpaca-format JSONL (seed §2.4), with preference pairs.
 
 Usage:
     python -m worker.export \\
@@ -6,14 +6,19 @@ Usage:
         --min-quality 8.0 \\
         --output-dir ./data/finetune_20260220 \\
         --val-split 0.1 \\
-        --seed 42
+        --seed 42 \\
+        [--max-pairs-per-prompt 3]
 
-Prints {"type": "export_complete", "train_count": 89, "val_count": 10, ...} and exits 0, or
-exits 2 when there are too few examples. Rows are streamed best-first: a duplicate instruction
-seen later is a lower-quality version and is dropped, so only a set of 16-byte hashes grows
-with the database. The split is decided per instruction by a seeded hash: deterministic, and
-no instruction can land in both files. Files are written into a temporary folder that is
-renamed into place.
+Writes train.jsonl / val.jsonl (SFT examples) and train_pairs.jsonl / val_pairs.jsonl (one
+{prompt, instruction, input, chosen, rejected, trace_id} per answer the final one replaced; see
+worker/pairs.py), each pair in the split of its instruction. Prints {"type": "export_complete",
+"train_count": 89, "val_count": 10, "train_pairs": 150, "val_pairs": 17, ...} and exits 0, or
+exits 2 when there are too few examples (no pairs is fine: SFT needs none).
+
+Rows are streamed best-first: a duplicate instruction seen later is a lower-quality version and
+is dropped (its pairs too), so only a set of 16-byte hashes grows with the database. The split
+is decided per instruction by a seeded hash: deterministic, and no instruction can land in both
+splits. Files are written into a temporary folder that is renamed into place.
 """
 
 from __future__ import annotations
@@ -25,17 +30,20 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from shared.errors import InsufficientDataError
 from shared.events import Emitter, stdout_sink, utc_timestamp
 from shared.fsutil import write_json_atomic
 from shared.names import ErrorCode, ExitCode
 from shared.traces import Trace, TraceStore
+from worker.pairs import preference_pairs
 
 SPLIT_BUCKETS = 1_000_000
+SPLITS = ("train", "val")
 
 
 @dataclass
@@ -48,6 +56,10 @@ class ExportResult:
     traces_used: int
     duplicates_removed: int
     traces_sha256: str
+    train_pairs: int
+    val_pairs: int
+    train_pairs_path: Path
+    val_pairs_path: Path
 
 
 def format_as_alpaca(trace: Trace) -> dict[str, str]:
@@ -99,6 +111,90 @@ def write_jsonl(examples: Iterable[dict[str, Any]], path: Path) -> int:
     return count
 
 
+@dataclass
+class _Staged:
+    """One trace's lines, written to the same split together: its example and its pairs."""
+
+    example: str
+    pairs: list[str]
+
+
+def _dumps(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def _stage(trace: Trace, max_pairs: int | None) -> _Staged:
+    example = format_as_alpaca(trace)
+    pairs = preference_pairs(trace, example, max_pairs)
+    return _Staged(_dumps(example), [_dumps(pair) for pair in pairs])
+
+
+class _SplitFiles:
+    """The staged train/val example and pair files, with their line counts."""
+
+    def __init__(self, staging: Path, stack: ExitStack) -> None:
+        def open_(name: str) -> TextIO:
+            return stack.enter_context((staging / name).open("w", encoding="utf-8"))
+
+        self.examples = {split: open_(f"{split}.jsonl") for split in SPLITS}
+        self.pairs = {split: open_(f"{split}_pairs.jsonl") for split in SPLITS}
+        self.example_count = dict.fromkeys(SPLITS, 0)
+        self.pair_count = dict.fromkeys(SPLITS, 0)
+
+    def write(self, split: str, staged: _Staged) -> None:
+        self.examples[split].write(staged.example)
+        self.pairs[split].writelines(staged.pairs)
+        self.example_count[split] += 1
+        self.pair_count[split] += len(staged.pairs)
+
+
+def _write_splits(
+    traces: Iterable[Trace], out: _SplitFiles, *, val_split: float, seed: int, max_pairs: int | None
+) -> tuple[str, int]:
+    """Stream traces into their split; returns (sha256 of their ids, traces with a verdict).
+
+    Only one trace's lines are ever held: the last train one, moved to val (its pairs with it,
+    so no val instruction is in a train pair) if val would otherwise stay empty."""
+    ids = hashlib.sha256()
+    with_verdicts = 0
+    held: _Staged | None = None
+    for trace in traces:
+        ids.update(trace.id.encode() + b"\0")
+        with_verdicts += any(r.verdict is not None for r in trace.rounds)
+        staged = _stage(trace, max_pairs)
+        if is_validation(trace.query, val_split, seed):
+            out.write("val", staged)
+            continue
+        if held is not None:
+            out.write("train", held)
+        held = staged
+    if held is not None:
+        # moved only when another train example stays behind
+        move = out.example_count["val"] == 0 and out.example_count["train"] > 0
+        out.write("val" if move else "train", held)
+    return ids.hexdigest(), with_verdicts
+
+
+def _manifest(
+    store: TraceStore, result: ExportResult, settings: dict[str, Any], with_verdicts: int
+) -> dict[str, Any]:
+    return {
+        "createdAt": utc_timestamp(),
+        "db": str(store.path),
+        **settings,
+        "eligibleTraces": result.traces_used + result.duplicates_removed,
+        "duplicatesRemoved": result.duplicates_removed,
+        "trainCount": result.train_count,
+        "valCount": result.val_count,
+        "trainPairs": result.train_pairs,
+        "valPairs": result.val_pairs,
+        # which rule chose the rejected answers: a trace's verdicts when it has any (pairs.py)
+        "tracesWithVerdicts": with_verdicts,
+        "traceIdsSha256": result.traces_sha256,
+        "format": "alpaca",
+    }
+
+
 def export_traces(
     store: TraceStore,
     *,
@@ -107,36 +203,27 @@ def export_traces(
     val_split: float,
     seed: int,
     min_examples: int = 2,
+    max_pairs_per_prompt: int | None = None,
 ) -> ExportResult:
-    """Stream eligible traces into train.jsonl / val.jsonl under `output_dir` (atomically)."""
+    """Stream eligible traces into train.jsonl / val.jsonl and their preference pairs into
+    train_pairs.jsonl / val_pairs.jsonl under `output_dir` (atomically). No pairs is no error:
+    SFT needs none, and the pair files are then empty."""
+    if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
+        raise ValueError(f"max_pairs_per_prompt must be positive, not {max_pairs_per_prompt}")
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    ids_digest = hashlib.sha256()
-    train_count = val_count = 0
-    held_back: str | None = None  # the last train line, moved to val if val would stay empty
     try:
-        with (
-            (staging / "train.jsonl").open("w", encoding="utf-8") as train_file,
-            (staging / "val.jsonl").open("w", encoding="utf-8") as val_file,
-        ):
-            for trace in deduplicate(store.get_fine_tune_traces(min_quality)):
-                ids_digest.update(trace.id.encode() + b"\0")
-                line = json.dumps(format_as_alpaca(trace), ensure_ascii=False) + "\n"
-                if is_validation(trace.query, val_split, seed):
-                    val_file.write(line)
-                    val_count += 1
-                    continue
-                if held_back is not None:
-                    train_file.write(held_back)
-                held_back = line
-                train_count += 1
-            if held_back is not None:
-                if val_count == 0 and train_count > 1:
-                    val_file.write(held_back)
-                    val_count, train_count = 1, train_count - 1
-                else:
-                    train_file.write(held_back)
+        with ExitStack() as stack:
+            out = _SplitFiles(staging, stack)
+            traces_sha256, with_verdicts = _write_splits(
+                deduplicate(store.get_fine_tune_traces(min_quality)),
+                out,
+                val_split=val_split,
+                seed=seed,
+                max_pairs=max_pairs_per_prompt,
+            )
+        train_count, val_count = out.example_count["train"], out.example_count["val"]
         total = train_count + val_count
         eligible = store.count_fine_tune_traces(min_quality)
         duplicates = eligible - total
@@ -155,23 +242,20 @@ def export_traces(
             val_count=val_count,
             traces_used=eligible - duplicates,
             duplicates_removed=duplicates,
-            traces_sha256=ids_digest.hexdigest(),
+            traces_sha256=traces_sha256,
+            train_pairs=out.pair_count["train"],
+            val_pairs=out.pair_count["val"],
+            train_pairs_path=output_dir / "train_pairs.jsonl",
+            val_pairs_path=output_dir / "val_pairs.jsonl",
         )
+        settings = {
+            "minQuality": min_quality,
+            "valSplit": val_split,
+            "seed": seed,
+            "maxPairsPerPrompt": max_pairs_per_prompt,
+        }
         write_json_atomic(
-            staging / "export_manifest.json",
-            {
-                "createdAt": utc_timestamp(),
-                "db": str(store.path),
-                "minQuality": min_quality,
-                "valSplit": val_split,
-                "seed": seed,
-                "eligibleTraces": eligible,
-                "duplicatesRemoved": duplicates,
-                "trainCount": train_count,
-                "valCount": val_count,
-                "traceIdsSha256": result.traces_sha256,
-                "format": "alpaca",
-            },
+            staging / "export_manifest.json", _manifest(store, result, settings, with_verdicts)
         )
         if output_dir.exists():
             shutil.rmtree(output_dir)
@@ -197,11 +281,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="exit 2 when fewer unique examples are eligible (default 2)",
     )
+    parser.add_argument(
+        "--max-pairs-per-prompt",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep at most N preference pairs per instruction, the first in round order"
+        " (default: all)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.min_quality <= 10:
         parser.error(f"--min-quality {args.min_quality} must be between 0 and 10")
     if not 0 < args.val_split < 1:
         parser.error(f"--val-split {args.val_split} must be between 0 and 1 (exclusive)")
+    if args.max_pairs_per_prompt is not None and args.max_pairs_per_prompt < 1:
+        parser.error(f"--max-pairs-per-prompt {args.max_pairs_per_prompt} must be positive")
     return args
 
 
@@ -216,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             val_split=args.val_split,
             seed=args.seed,
             min_examples=args.min_examples,
+            max_pairs_per_prompt=args.max_pairs_per_prompt,
         )
     except InsufficientDataError as exc:
         emitter.emit("error", code=exc.code, message=exc.message, suggestion=exc.suggestion)
@@ -227,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         "export_complete",
         train_count=result.train_count,
         val_count=result.val_count,
+        train_pairs=result.train_pairs,
+        val_pairs=result.val_pairs,
         path=str(result.output_dir),
     )
     return ExitCode.SUCCESS

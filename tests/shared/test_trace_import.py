@@ -157,6 +157,16 @@ BAD_LINES: list[tuple[Any, str]] = [
     (good(rounds=[{"role": "a", "content": "b"}, {"content": "c"}]), "rounds[1].role must be a"),
     (good(rounds=[{"role": "a", "content": 4}]), "rounds[0].content must be a string"),
     (good(rounds=[{"role": "a", "content": "b", "model": 1}]), "rounds[0].model must be a string"),
+    (
+        good(
+            rounds=[{"role": "a", "content": "b"}, {"role": "a", "content": "c", "verdict": "ok"}]
+        ),
+        'rounds[1].verdict "ok" must be "accepted" or "rejected" (or null)',
+    ),
+    (good(rounds=[{"role": "a", "content": "b", "verdict": "Rejected"}]), '"Rejected" must be'),
+    (good(rounds=[{"role": "a", "content": "b", "verdict": True}]), "rounds[0].verdict true must"),
+    (good(rounds=[{"role": "a", "content": "b", "verdict": 1}]), "rounds[0].verdict 1 must"),
+    (good(rounds=[{"role": "a", "content": "b", "verdict": [1]}]), "rounds[0].verdict [1] must"),
 ]
 
 
@@ -174,6 +184,41 @@ def test_each_bad_line_is_reported_with_number_and_reason(
     # default policy: the good lines are kept
     assert report.imported == 2 and report.written
     assert sorted(t.id for t in store.get_fine_tune_traces(0)) == ["after", "before"]
+
+
+def test_verdicts_are_imported(store: TraceStore, tmp_path: Path) -> None:
+    judged = good(
+        "t1",
+        rounds=[
+            {"role": "proposer", "content": "5", "verdict": "rejected"},
+            {"role": "proposer", "content": "4", "verdict": "accepted"},
+            {"role": "judge", "content": "ok", "verdict": None},
+            {"role": "judge", "content": "done"},
+        ],
+    )
+    report = import_file(store, write_lines(tmp_path / "in.jsonl", [judged]))
+    assert report.imported == 1 and not report.errors
+    (trace,) = store.get_fine_tune_traces(0)
+    assert [r.verdict for r in trace.rounds] == ["rejected", "accepted", None, None]
+
+
+def test_bad_verdicts_are_reported_and_change_nothing(store: TraceStore, tmp_path: Path) -> None:
+    import_file(store, write_lines(tmp_path / "v1.jsonl", [good("kept")]))
+    before = rows(store, "traces"), rows(store, "rounds")
+
+    def judged(trace_id: str, verdict: Any) -> dict[str, Any]:
+        return good(trace_id, rounds=[{"role": "proposer", "content": "x", "verdict": verdict}])
+
+    lines = [judged("kept", "wrong"), judged("ok", "rejected"), judged("new", 0)]
+    report = import_file(store, write_lines(tmp_path / "v2.jsonl", lines))
+    assert [number for number, _ in report.errors] == [1, 3]
+    assert all("rounds[0].verdict" in reason for _, reason in report.errors)
+    assert report.imported == 1 and report.replaced == 0
+    traces = {t.id: t for t in store.get_fine_tune_traces(0)}
+    assert set(traces) == {"kept", "ok"}
+    assert [r.verdict for r in traces["ok"].rounds] == ["rejected"]
+    kept_rows = [row for row in rows(store, "rounds") if row[1] == "kept"]
+    assert (rows(store, "traces")[0], kept_rows) == (before[0][0], before[1])
 
 
 def test_line_numbers_count_blank_lines(store: TraceStore, tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
-"""TraceStore: schema, stats, fine-tune trace selection and ordering, idempotent writes."""
+"""TraceStore: schema and its upgrade, stats, fine-tune trace selection and ordering, writes."""
 
 from __future__ import annotations
 
 import inspect
 import sqlite3
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +35,16 @@ def store(tmp_path: Path) -> TraceStore:
 def _count(store: TraceStore, table: str) -> int:
     with sqlite3.connect(store.path) as db:
         return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def _user_version(store: TraceStore) -> int:
+    with sqlite3.connect(store.path) as db:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _verdict_columns(store: TraceStore) -> int:
+    with sqlite3.connect(store.path) as db:
+        return sum(row[1] == "verdict" for row in db.execute("PRAGMA table_info(rounds)"))
 
 
 # --- schema -----------------------------------------------------------------------------------
@@ -65,9 +78,18 @@ def test_schema_created_on_first_write(store: TraceStore) -> None:
         "quality_score",
         "created_at",
     ]
-    assert rounds_columns == ["id", "trace_id", "round_index", "role", "model", "content"]
+    assert rounds_columns == [
+        "id",
+        "trace_id",
+        "round_index",
+        "role",
+        "model",
+        "content",
+        "verdict",
+    ]
     (fk,) = foreign_keys
     assert fk[2] == "traces" and fk[3] == "trace_id" and fk[6] == "CASCADE"
+    assert _user_version(store) == 1
 
 
 def test_reading_a_missing_store_explains_how_to_create_it(store: TraceStore) -> None:
@@ -101,6 +123,167 @@ def test_rounds_unique_per_index_and_cascade(store: TraceStore) -> None:
         with db:
             db.execute("DELETE FROM traces WHERE id = 't1'")
     assert _count(store, "rounds") == 0
+
+
+# --- verdicts and the schema upgrade -----------------------------------------------------------
+
+# The seed's schema (user_version 0), as a store created before verdicts, or by a Proposer that
+# still creates it, has it.
+SEED_SCHEMA = """
+CREATE TABLE traces (
+    id TEXT PRIMARY KEY,
+    query TEXT NOT NULL,
+    final_answer TEXT NOT NULL,
+    templates_used TEXT NOT NULL DEFAULT '[]',
+    context TEXT,
+    quality_score REAL NOT NULL CHECK (quality_score >= 0 AND quality_score <= 10),
+    created_at TEXT NOT NULL
+);
+CREATE INDEX idx_traces_quality ON traces(quality_score);
+CREATE INDEX idx_traces_created ON traces(created_at);
+CREATE TABLE rounds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    trace_id TEXT NOT NULL REFERENCES traces(id) ON DELETE CASCADE,
+    round_index INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    model TEXT,
+    content TEXT NOT NULL,
+    UNIQUE (trace_id, round_index)
+);
+"""
+
+BAD_VERDICT_SQL = (
+    "INSERT INTO rounds (trace_id, round_index, role, content, verdict)"
+    " VALUES ('old1', 99, 'judge', 'x', 'maybe')"
+)
+
+
+def _seed_store(path: Path) -> list[tuple]:
+    """An old-schema store with two traces and three rounds; returns its rounds' rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.executescript(SEED_SCHEMA)
+        db.executemany(
+            "INSERT INTO traces (id, query, final_answer, quality_score, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                ("old1", "q1", "a1", 9.0, "2026-01-01T00:00:00+00:00"),
+                ("old2", "q2", "a2", 8.5, "2026-01-02T00:00:00+00:00"),
+            ],
+        )
+        db.executemany(
+            "INSERT INTO rounds (trace_id, round_index, role, model, content) VALUES (?,?,?,?,?)",
+            [
+                ("old1", 0, "proposer", "m", "first"),
+                ("old1", 1, "judge", None, "ok"),
+                ("old2", 0, "proposer", "m", "only"),
+            ],
+        )
+        rows = db.execute("SELECT * FROM rounds ORDER BY id").fetchall()
+    db.close()
+    return rows
+
+
+def test_an_old_store_is_upgraded_in_place_on_first_use(store: TraceStore) -> None:
+    old_rounds = _seed_store(store.path)
+    assert _user_version(store) == 0 and _verdict_columns(store) == 0
+
+    loaded = {t.id: t for t in store.get_fine_tune_traces(0)}
+
+    assert _user_version(store) == 1 and _verdict_columns(store) == 1
+    assert set(loaded) == {"old1", "old2"} and _count(store, "traces") == 2
+    assert [(r.role, r.content, r.model, r.verdict) for r in loaded["old1"].rounds] == [
+        ("proposer", "first", "m", None),
+        ("judge", "ok", None, None),
+    ]
+    with sqlite3.connect(store.path) as db:  # every old row kept as it was, verdict NULL
+        rows = db.execute("SELECT * FROM rounds ORDER BY id").fetchall()
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(traces)")}
+    assert rows == [(*row, None) for row in old_rounds]
+    assert {"idx_traces_quality", "idx_traces_created"} <= indexes
+
+
+def test_upgraded_store_stores_verdicts_and_checks_them(store: TraceStore) -> None:
+    _seed_store(store.path)
+    judged = _trace("new", 9.5, "2026-02-01T00:00:00+00:00", rounds=0)
+    judged.rounds = [
+        Round("proposer", "wrong", "m", "rejected"),
+        Round("proposer", "right", "m", "accepted"),
+        Round("judge", "fine"),
+    ]
+    store.add_many([judged])
+    (loaded,) = [t for t in store.get_fine_tune_traces(0) if t.id == "new"]
+    assert loaded.rounds == judged.rounds
+    with store.connect() as db, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        db.execute(BAD_VERDICT_SQL)
+
+
+def test_a_new_store_checks_verdicts(store: TraceStore) -> None:
+    store.add_many([_trace("old1", 9, "2026-01-01T00:00:00+00:00")])
+    with store.connect() as db, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        db.execute(BAD_VERDICT_SQL)
+    bad = _trace("bad", 9, "2026-01-01T00:00:00+00:00", rounds=0)
+    bad.rounds = [Round("judge", "hmm", None, "maybe")]
+    with pytest.raises(sqlite3.IntegrityError):  # and add_many writes nothing of that batch
+        store.add_many([_trace("good", 9, "2026-01-01T00:00:00+00:00"), bad])
+    assert [t.id for t in store.get_fine_tune_traces(0)] == ["old1"]
+
+
+def test_upgrade_is_idempotent(store: TraceStore) -> None:
+    _seed_store(store.path)
+    for _ in range(3):
+        store.count_fine_tune_traces(0)
+    assert _user_version(store) == 1 and _verdict_columns(store) == 1
+    assert _count(store, "rounds") == 3
+
+
+def test_two_processes_upgrading_at_once_upgrade_once(store: TraceStore) -> None:
+    """Connections that all read version 0 and then queue on the write lock: the first one
+    upgrades, the others re-check inside their transaction and find nothing left to do."""
+    _seed_store(store.path)
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # hold the write lock so every connector queues
+    errors: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            with TraceStore(store.path).connect() as db:
+                db.execute("SELECT verdict FROM rounds").fetchall()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=connect) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # long enough for each to read user_version 0 and wait for the lock
+    blocker.rollback()
+    blocker.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert _user_version(store) == 1 and _verdict_columns(store) == 1
+
+
+def test_connect_to_an_up_to_date_store_reads_one_pragma(
+    store: TraceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.add_many([])
+    statements: list[str] = []
+    original = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection = original(*args, **kwargs)
+        connection.set_trace_callback(statements.append)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    with store.connect():
+        pass
+    assert statements == [
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA busy_timeout=30000",
+        "PRAGMA user_version",
+    ]
 
 
 # --- stats -------------------------------------------------------------------------------------
