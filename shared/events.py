@@ -86,8 +86,19 @@ class ProgressEvent:
     learning_rate: float | None = None
     eta_seconds: int | None = None
     tokens_per_second: float | None = None  # progress: non-pad training tokens/s of this attempt
+    # training_start/progress/eval/checkpoint: "sft" or "dpo"; step and total_steps count over
+    # both stages of an sft+dpo run
+    stage: str | None = None
+    # DPO stage (progress: the training batch's, eval: the held-out pairs'): TRL's
+    # rewards/margins, rewards/accuracies, logps/chosen, logps/rejected
+    rewards_margins: float | None = None
+    rewards_accuracies: float | None = None
+    logps_chosen: float | None = None
+    logps_rejected: float | None = None
     train_count: int | None = None
     val_count: int | None = None
+    train_pairs: int | None = None  # export_complete: preference pairs in train_pairs.jsonl
+    val_pairs: int | None = None
     path: str | None = None
     adapter_path: str | None = None
     metrics: dict[str, Any] | None = None

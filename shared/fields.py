@@ -20,6 +20,10 @@ from pydantic.fields import FieldInfo
 
 Backend = Literal["auto", "trl", "unsloth", "axolotl"]
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+# What a run trains: SFT on the final answers, DPO on (final answer, rejected round) pairs, or
+# SFT and then DPO continuing the same adapter.
+Objective = Literal["sft", "dpo", "sft+dpo"]
+OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 
 MAX_STEPS = 10_000_000  # every "every N steps" knob; beyond this a run would never end
 
@@ -53,6 +57,8 @@ ValSplit = Annotated[float, Field(gt=0, le=0.5, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 CheckpointsKept = Annotated[int, Field(ge=1, le=1000)]
 EvalSamples = Annotated[int, Field(ge=0, le=1000)]
+DpoBeta = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
+PairsPerPrompt = Annotated[int, Field(ge=1, le=1000)]
 
 
 def _bounds(info: FieldInfo) -> dict[str, float]:

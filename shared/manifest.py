@@ -27,6 +27,11 @@ MANIFEST_CONFIG_FIELDS = (
     "max_steps",
     "max_seq_len",
     "seed",
+    "objective",
+    "dpo_beta",
+    "dpo_epochs",
+    "dpo_max_steps",
+    "dpo_learning_rate",
 )
 
 
@@ -58,6 +63,17 @@ class ManifestMetrics(BaseModel):
     base_rouge_l: float | None = None
     adapter_rouge_l: float | None = None
     rouge_l_examples: int | None = None
+    # preference training (objective dpo or sft+dpo) and its held-out evaluation
+    sft_total_steps: int | None = None
+    dpo_total_steps: int | None = None
+    dpo_final_train_loss: float | None = None
+    dpo_best_val_loss: float | None = None
+    dpo_rewards_margins: float | None = None
+    dpo_rewards_accuracies: float | None = None
+    base_preference_accuracy: float | None = None
+    adapter_preference_accuracy: float | None = None
+    reference_preference_accuracy: float | None = None
+    preference_pairs_evaluated: int | None = None
 
 
 def manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

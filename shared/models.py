@@ -59,6 +59,9 @@ class FineTuneRun(Base):
     traces_used: Mapped[int | None] = mapped_column(Integer, default=0)
     train_examples: Mapped[int | None] = mapped_column(Integer, default=0)
     val_examples: Mapped[int | None] = mapped_column(Integer, default=0)
+    # --- extra columns: preference pairs exported for the DPO stage ---
+    train_pairs: Mapped[int | None] = mapped_column(Integer)
+    val_pairs: Mapped[int | None] = mapped_column(Integer)
     lora_path: Mapped[str | None] = mapped_column(Text)
     config: Mapped[str] = mapped_column(Text, nullable=False)  # JSON: FineTuneConfig
     metrics: Mapped[str | None] = mapped_column(Text)  # JSON: FineTuneMetrics
@@ -115,3 +118,10 @@ class FineTuneProgress(Base):
     eta_seconds: Mapped[int | None] = mapped_column(Integer)
     # --- extra column: 'progress' or 'eval' (seed §5.1 event type) ---
     event_type: Mapped[str] = mapped_column(String(16), nullable=False, default="progress")
+    # --- extra columns: the training stage ('sft', 'dpo'; NULL before it existed) and the DPO
+    # stage's own figures (ProgressEvent) ---
+    stage: Mapped[str | None] = mapped_column(String(8))
+    rewards_margins: Mapped[float | None] = mapped_column(Float)
+    rewards_accuracies: Mapped[float | None] = mapped_column(Float)
+    logps_chosen: Mapped[float | None] = mapped_column(Float)
+    logps_rejected: Mapped[float | None] = mapped_column(Float)

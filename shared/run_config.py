@@ -91,6 +91,27 @@ class FineTuneConfig(BaseModel):
     logging_steps: f.Steps = _field("logging_steps", "A progress event every N steps")
     packing: bool = _field("packing", "Pack short examples into full rows")
     eval_samples: f.EvalSamples = _field("eval_samples", "Held-out answers generated (EM/ROUGE)")
+    objective: f.Objective = _field(
+        "objective", "sft, dpo, or sft+dpo (SFT, then DPO continuing the same adapter)"
+    )
+    dpo_beta: f.DpoBeta = _field("dpo_beta", "DPO beta: higher keeps closer to the reference")
+    dpo_epochs: f.Epochs = _field("dpo_epochs", "Passes over the preference pairs (DPO stage)")
+    dpo_learning_rate: f.LearningRate = _field("dpo_learning_rate", "Peak learning rate of DPO")
+    dpo_max_steps: f.Steps | None = Field(
+        default=None, description="Stop the DPO stage after this many optimizer steps"
+    )
+    max_pairs_per_prompt: f.PairsPerPrompt | None = Field(
+        default=None, description="Preference pairs kept per instruction (null: all)"
+    )
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The training stages, in order: ("sft",), ("dpo",) or ("sft", "dpo")."""
+        return tuple(self.objective.split("+"))
+
+    @property
+    def needs_pairs(self) -> bool:
+        return "dpo" in self.stages
 
     def to_dict(self) -> dict[str, Any]:
         """The camelCase form that is stored, sent and written to training_args.json."""

@@ -35,7 +35,7 @@ from shared.names import (
 from shared.run_config import FineTuneConfig, build_config
 from shared.schemas import ProgressPoint, RunOut
 from shared.settings import Settings
-from shared.traces import TraceStore
+from shared.traces import PAIRS_HELP, TraceStore
 
 
 class RunNotFoundError(LookupError):
@@ -54,6 +54,16 @@ class RunConflictError(RuntimeError):
 
 class RunInProgressError(RunConflictError):
     """Single flight: a run is already active (`run_id` names it, None if it just ended)."""
+
+
+# ProgressEvent fields stored on finetune_progress under the same names (the DPO stage's).
+PROGRESS_EXTRAS = (
+    "stage",
+    "rewards_margins",
+    "rewards_accuracies",
+    "logps_chosen",
+    "logps_rejected",
+)
 
 
 def new_run_id() -> str:
@@ -77,6 +87,8 @@ def run_to_dict(run: FineTuneRun) -> dict[str, Any]:
         traces_used=run.traces_used,
         train_examples=run.train_examples,
         val_examples=run.val_examples,
+        train_pairs=run.train_pairs,
+        val_pairs=run.val_pairs,
         lora_path=run.lora_path,
         config=run.config_dict(),
         metrics=run.metrics_dict(),
@@ -187,6 +199,7 @@ class RunStore:
                     learning_rate=event.learning_rate,
                     eta_seconds=event.eta_seconds,
                     event_type=event.type,
+                    **{name: getattr(event, name) for name in PROGRESS_EXTRAS},
                 )
             )
 
@@ -218,6 +231,7 @@ class RunStore:
                 learning_rate=row.learning_rate,
                 eta_seconds=row.eta_seconds,
                 timestamp=_iso(row.timestamp),
+                **{name: getattr(row, name) for name in PROGRESS_EXTRAS},
             ).model_dump(mode="json")
             for row in rows
         ]
@@ -248,6 +262,18 @@ class FineTuneManager:
     def is_running(self) -> bool:
         return self.active_run() is not None
 
+    def _require_pair_sources(self, config: FineTuneConfig) -> None:
+        """422 before the run starts where no eligible trace can give a preference pair."""
+        sources = self.traces.count_pair_sources(config.min_quality_score)
+        if sources == 0:
+            raise InsufficientDataError(
+                f"objective {config.objective!r} needs preference pairs, and none of the traces "
+                f"with quality >= {config.min_quality_score} has a rejected or superseded round "
+                f"(0 pairs). {PAIRS_HELP}",
+                current=0,
+                required=1,
+            )
+
     def start(self, overrides: dict[str, Any] | None, triggered_by: str = "api") -> FineTuneRun:
         """Validate, check single flight and data, record the run, queue its pipeline.
 
@@ -265,6 +291,8 @@ class FineTuneManager:
                 current=stats.fine_tune_candidates,
                 required=required,
             )
+        if config.needs_pairs:
+            self._require_pair_sources(config)
         run = FineTuneRun(
             id=new_run_id(),
             status=STATUS_PENDING,

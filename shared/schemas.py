@@ -74,6 +74,8 @@ class RunOut(Body):
     traces_used: int | None
     train_examples: int | None
     val_examples: int | None
+    train_pairs: int | None = Field(description="Preference pairs exported for training (DPO)")
+    val_pairs: int | None = Field(description="Preference pairs held out (preference accuracy)")
     lora_path: str | None
     config: Json = Field(description="The run's FineTuneConfig, as stored when it started")
     metrics: Json | None = Field(description="Seed §5.1 metrics (snake_case) once trained")
@@ -114,6 +116,11 @@ class ProgressPoint(Body):
     eval_loss: float | None
     learning_rate: float | None
     eta_seconds: int | None
+    stage: str | None = Field(description="sft or dpo (null: recorded before stages existed)")
+    rewards_margins: float | None = Field(description="DPO: chosen minus rejected reward")
+    rewards_accuracies: float | None = Field(description="DPO: share of pairs ranked right")
+    logps_chosen: float | None
+    logps_rejected: float | None
     timestamp: str | None
 
 
@@ -162,6 +169,9 @@ class AdapterOut(Body):
     traces_used: int | None = None
     train_examples: int | None = None
     val_examples: int | None = None
+    objective: str | None = Field(None, description="sft, dpo or sft+dpo (null: before DPO)")
+    train_pairs: int | None = None
+    val_pairs: int | None = None
     is_active: bool
     tags: list[str] = []
     size_bytes: int | None = None

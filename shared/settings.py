@@ -180,6 +180,12 @@ class Settings(BaseSettings):
         "FINETUNE_LOGGING_STEPS", 1, "a progress event every N optimizer steps"
     )
     packing: EnvBool = _env("FINETUNE_PACKING", True, "pack short examples into full rows")
+    objective: f.Objective = _env(
+        "FINETUNE_OBJECTIVE", "sft+dpo", "sft, dpo or sft+dpo (SFT, then DPO on the same adapter)"
+    )
+    dpo_beta: f.DpoBeta = _env("FINETUNE_DPO_BETA", 0.1, "DPO beta (how far from the reference)")
+    dpo_epochs: f.Epochs = _env("FINETUNE_DPO_EPOCHS", 1, "passes over the preference pairs")
+    dpo_learning_rate: f.LearningRate = _env("FINETUNE_DPO_LR", 5e-5, "DPO stage learning rate")
     eval_samples: f.EvalSamples = _env(
         "FINETUNE_EVAL_SAMPLES", 16, "held-out questions answered by base and adapter (EM/ROUGE-L)"
     )

@@ -8,6 +8,10 @@ Loss alone hides whether answers are right, so the first `samples` held-out ques
 also answered greedily by the base model and the adapter and scored (worker.scoring): exact
 match where the reference has a final answer (GSM8K `#### x`), ROUGE-L elsewhere. Generation
 is batched with left padding: on two CPU cores it is the slowest part of evaluation.
+
+With held-out preference pairs (val_pairs.jsonl), the three models' preference accuracy on
+them (worker/preference.py) joins the losses: whether the model prefers the debate's final
+answer to the answers the debate rejected.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import OutOfMemoryError
+from worker.preference import mean_token_logps, preference_accuracy, side_examples
 from worker.scoring import score_generations
 from worker.training.data import answer_only_example, prompt_ids, read_jsonl
 
@@ -150,20 +155,51 @@ def _check_args(
 
 def _losses(model: Any, batches: list, with_reference: bool) -> dict[str, Any]:
     """Loss fields for the candidate, the reference (None without one) and the bare base model."""
-    adapter = _mean_loss(model, batches)
-    reference = None
-    if with_reference:
-        model.set_adapter(REFERENCE)
-        reference = _mean_loss(model, batches)
-        model.set_adapter(CANDIDATE)
-    with model.disable_adapter():
-        base = _mean_loss(model, batches)
+    base, adapter, reference = _with_each_model(
+        model, with_reference, lambda: _mean_loss(model, batches)
+    )
     return {
         "base_val_loss": round(base, 6),
         "adapter_val_loss": round(adapter, 6),
         "reference_val_loss": None if reference is None else round(reference, 6),
         "base_perplexity": round(math.exp(min(base, 50)), 4),
         "adapter_perplexity": round(math.exp(min(adapter, 50)), 4),
+    }
+
+
+def _with_each_model(model: Any, with_reference: bool, measure: Any) -> tuple[Any, Any, Any]:
+    """`measure()` under the base model, the candidate and the reference (None without one)."""
+    adapter = measure()
+    reference = None
+    if with_reference:
+        model.set_adapter(REFERENCE)
+        reference = measure()
+        model.set_adapter(CANDIDATE)
+    with model.disable_adapter():
+        base = measure()
+    return base, adapter, reference
+
+
+def _preferences(
+    model: Any, tokenizer: Any, pairs: list[dict], batching: dict[str, Any], with_reference: bool
+) -> dict[str, Any]:
+    """Preference accuracy of base, adapter and reference on the held-out pairs."""
+    chosen = _batches(tokenizer, side_examples(pairs, "chosen"), **batching)
+    rejected = _batches(tokenizer, side_examples(pairs, "rejected"), **batching)
+
+    def accuracy() -> float | None:
+        return preference_accuracy(
+            mean_token_logps(model, chosen), mean_token_logps(model, rejected)
+        )
+
+    base, adapter, reference = (
+        _with_each_model(model, with_reference, accuracy) if pairs else (None, None, None)
+    )
+    return {
+        "base_preference_accuracy": base,
+        "adapter_preference_accuracy": adapter,
+        "reference_preference_accuracy": reference,
+        "preference_pairs_evaluated": len(pairs),
     }
 
 
@@ -210,8 +246,10 @@ def evaluate_adapter(
     keep_samples: int = 5,
     max_new_tokens: int = MAX_NEW_TOKENS,
     generation_batch_size: int = GENERATION_BATCH_SIZE,
+    val_pairs_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Validation loss/perplexity of base, adapter (and reference adapter) + generation scores.
+    """Validation loss/perplexity of base, adapter (and reference adapter) + generation scores,
+    and preference accuracy on `val_pairs_path`'s pairs (None values without pairs).
 
     `samples` held-out questions are answered (0 skips generation: its scores are then None);
     `keep_samples` of them come back as side-by-side rows under "samples".
@@ -229,12 +267,17 @@ def evaluate_adapter(
     model = _load_model(model_path, adapter_dir, reference_adapter_dir)
     device = str(model.device)
     examples = list(read_jsonl(val_path))
+    pairs = list(read_jsonl(val_pairs_path)) if val_pairs_path and val_pairs_path.is_file() else []
     asked = examples[:samples]
     config = _greedy_config(model, tokenizer, max_new_tokens)
     generate = {"device": device, "batch_size": generation_batch_size, "config": config}
     try:
-        batches = _batches(tokenizer, examples, max_len, batch_size, device)
+        batching = {"max_len": max_len, "batch_size": batch_size, "device": device}
+        batches = _batches(tokenizer, examples, **batching)
         losses = _losses(model, batches, reference_adapter_dir is not None)
+        preferences = _preferences(
+            model, tokenizer, pairs, batching, reference_adapter_dir is not None
+        )
         with model.disable_adapter():
             base_answers = _generate(model, tokenizer, asked, **generate)
         adapter_answers = _generate(model, tokenizer, asked, **generate)
@@ -242,6 +285,7 @@ def evaluate_adapter(
         raise OutOfMemoryError(f"Out of memory during evaluation: {exc}") from exc
     return {
         **losses,
+        **preferences,
         "val_examples_evaluated": len(examples),
         **_generation_fields(asked, base_answers, adapter_answers, keep_samples),
     }

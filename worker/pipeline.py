@@ -128,18 +128,23 @@ def export_step(run_id: str) -> dict[str, Any]:
             output_dir=output_dir,
             val_split=config.val_split,
             seed=config.seed,
+            max_pairs_per_prompt=config.max_pairs_per_prompt,
         )
         rt.runs.update(
             run.id,
             traces_used=result.traces_used,
             train_examples=result.train_count,
             val_examples=result.val_count,
+            train_pairs=result.train_pairs,
+            val_pairs=result.val_pairs,
             export_dir=str(output_dir),
         )
         emitter.emit(
             "export_complete",
             train_count=result.train_count,
             val_count=result.val_count,
+            train_pairs=result.train_pairs,
+            val_pairs=result.val_pairs,
             path=str(output_dir),
         )
         return {"status": "exported", "train_count": result.train_count}
@@ -152,36 +157,41 @@ def train_step(run_id: str) -> dict[str, Any]:
         from worker.training.backends import require_backend, resolve_backend
         from worker.training.job import TrainJob
         from worker.training.models import resolve_model
-        from worker.watchdog import latest_checkpoint
+        from worker.training.stages import require_pairs, resume_point
 
         config = run.run_config()
         paths = RunPaths(rt.settings.lora_output_dir, run.id)
         # A checkpoint here means a re-queued run: its worker was lost (watchdog) or stopped
         # (SIGTERM). A failed attempt never comes back, and an OOM retry discards its own.
-        resume_from = latest_checkpoint(paths.checkpoint_dir)
-        if resume_from is None:
+        resume = resume_point(paths.checkpoint_dir)
+        if resume is None:
             paths.discard()  # a fresh attempt starts clean
         else:
-            rt.runs.forget_progress_after(run.id, int(resume_from.name.split("-")[-1]))
+            rt.runs.forget_progress_after(run.id, resume.step)
         export_dir = Path(run.export_dir or "")
         backend = resolve_backend(config.backend, nproc=rt.settings.nproc)
         rt.runs.update(run.id, backend=backend)
-        require_backend(backend, rt.settings.python_path)  # before the model is resolved
+        # before the model is resolved
+        require_backend(backend, rt.settings.python_path, config.objective)
         job = TrainJob(
             run_id=run.id,
             config=config,
             model_path=resolve_model(config.base_model, rt.settings.model_cache_dir, backend),
             train_path=export_dir / "train.jsonl",
             val_path=export_dir / "val.jsonl",
+            train_pairs_path=export_dir / "train_pairs.jsonl",
+            val_pairs_path=export_dir / "val_pairs.jsonl",
             adapter_dir=paths.staging_dir,
             checkpoint_dir=paths.checkpoint_dir,
             emitter=emitter,
             should_cancel=lambda: rt.cancel_requested(run.id),
             should_stop=rt.worker_stopping,
             torch_threads=rt.settings.torch_threads,
-            resume_from=resume_from,
+            resume_from=resume.checkpoint if resume else None,
             python_path=rt.settings.python_path,
         )
+        if config.needs_pairs:
+            require_pairs(job)  # INSUFFICIENT_DATA before a model loads
         try:
             result = _train_with_oom_retries(rt, run.id, job, emitter)
         except HandedOverError as exc:  # the task re-queues the run (worker/tasks.py)
@@ -273,6 +283,7 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
             torch_threads=rt.settings.torch_threads,
             reference_adapter_dir=reference_dir,
             max_new_tokens=rt.settings.eval_max_new_tokens,
+            val_pairs_path=export_dir / "val_pairs.jsonl",
         )
         if rt.cancel_requested(run.id):
             raise CancelledError()
@@ -337,6 +348,8 @@ def _publish(
         traces_used=run.traces_used or 0,
         train_examples=run.train_examples or 0,
         val_examples=run.val_examples or 0,
+        train_pairs=run.train_pairs or 0,
+        val_pairs=run.val_pairs or 0,
         provenance=source,
     )
     final = artifacts.publish(paths.staging_dir, paths.final_dir, manifest)

@@ -19,7 +19,6 @@ never trained twice at once.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from datetime import timedelta
@@ -46,25 +45,13 @@ from shared.names import (
 )
 from worker.runtime import Runtime
 from worker.training.artifacts import RunPaths
+from worker.training.stages import resume_point
 
 log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
 CANCEL_GRACE_SECONDS = 30.0
 INSPECT_TIMEOUT_SECONDS = 2.0
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete `checkpoint-N` folder (one with its trainer state saved)."""
-    if not checkpoint_dir.is_dir():
-        return None
-    found = [
-        (int(match.group(1)), path)
-        for path in checkpoint_dir.iterdir()
-        if (match := CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()
-    ]
-    return max(found)[1] if found else None
 
 
 def stale_runs(rt: Runtime) -> list[FineTuneRun]:
@@ -138,7 +125,7 @@ def handle_stale(rt: Runtime, celery: Celery, run: FineTuneRun, active: set[str]
             rt, run, ErrorCode.WORKER_LOST, f"Worker lost ({silence}) after {run.attempts} resumes"
         )
         return {"runId": run.id, "action": "failed"}
-    if run.phase == PHASE_TRAINING and latest_checkpoint(paths.checkpoint_dir):
+    if run.phase == PHASE_TRAINING and resume_point(paths.checkpoint_dir):
         requeue(celery, rt, run, (TASK_TRAIN, TASK_EVALUATE))
         log.warning("run %s: worker lost (%s); resuming from its last checkpoint", run.id, silence)
         return {"runId": run.id, "action": "resumed"}

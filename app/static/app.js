@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const ACTIVE = ["pending", "running"];
 const TERMINAL = ["complete", "error", "cancelled"];
 const RECONNECT_LIMIT = 20;
+const OBJECTIVES = ["sft", "dpo", "sft+dpo"]; // the options of #objective, as the API names them
 
 // With API_TOKEN set on the server, the page asks for the token once and keeps it locally.
 const auth = { token: localStorage.getItem("tmde-token") || "" };
@@ -77,7 +78,32 @@ async function resetConfig() {
   if (status === 200) {
     home.defaults = data;
     $("config").value = JSON.stringify(data, null, 2);
+    $("objective").value = OBJECTIVES.includes(data.objective) ? data.objective : "sft";
   }
+}
+
+// The objective has its own control and is also a field of the JSON; the two are kept in
+// step so that what is shown is what is sent: choosing one rewrites the JSON's `objective`,
+// typing a known one into the JSON moves the select. On start the select's value is sent.
+function parseConfig() {
+  try {
+    const config = JSON.parse($("config").value);
+    return config && typeof config === "object" && !Array.isArray(config) ? config : null;
+  } catch {
+    return null; // half-typed JSON: left alone, startRun reports it
+  }
+}
+
+function objectiveToConfig() {
+  const config = parseConfig();
+  if (config === null) return;
+  config.objective = $("objective").value;
+  $("config").value = JSON.stringify(config, null, 2);
+}
+
+function objectiveFromConfig() {
+  const config = parseConfig();
+  if (config && OBJECTIVES.includes(config.objective)) $("objective").value = config.objective;
 }
 
 async function refreshRuns() {
@@ -149,6 +175,7 @@ async function startRun() {
     setMessage(message, `The config is not valid JSON: ${err.message}`, "error");
     return;
   }
+  config.objective = $("objective").value;
   $("start").disabled = true;
   try {
     const { status, data } = await api("POST", "/api/finetune", { config });
@@ -158,7 +185,7 @@ async function startRun() {
     } else if (status === 409) {
       setMessage(message, `${data.error}: ${data.activeRunId}`, "error");
     } else if (status === 422) {
-      setMessage(message, `${data.error} (have ${data.current}, need ${data.required})`, "error");
+      setMessage(message, shortfall(data), "error");
     } else {
       const fields = data && data.fields ? Object.entries(data.fields).map(([k, v]) => `${k}: ${v}`) : [];
       setMessage(message, [data ? data.error : `HTTP ${status}`, ...fields].join(" · "), "error");
@@ -166,6 +193,15 @@ async function startRun() {
   } finally {
     $("start").disabled = false;
   }
+}
+
+// A 422: too few traces, or too few preference pairs for a DPO objective. The server's
+// message names what is short and usually the figures too ("need 8, have 0"); they are
+// added only when it does not, so the line says each thing once and never unit-less twice.
+function shortfall(data) {
+  if (typeof data.current !== "number" || typeof data.required !== "number") return data.error;
+  const stated = [data.current, data.required].every((n) => data.error.includes(String(n)));
+  return stated ? data.error : `${data.error} (have ${data.current}, need ${data.required})`;
 }
 
 // --- one run: history + live websocket ---------------------------------------------------
@@ -186,20 +222,30 @@ function setStatus(status) {
   $("cancel").hidden = !ACTIVE.includes(status);
 }
 
+// Runs from before preference training have no `objective`: they were SFT runs.
+const objectiveOf = (run) => (run.config && run.config.objective) || "sft";
+
 function showRunInfo(run) {
   setStatus(run.status);
   $("stat-model").textContent = run.baseModel;
+  $("run-objective").textContent = objectiveOf(run);
   if (run.status === "completed" && run.loraPath) {
     const m = run.metrics || {};
     const rows = [
       ["loraPath", run.loraPath],
+      ["objective", objectiveOf(run)],
       ["base val loss", fmt.num(m.base_val_loss)],
       ["adapter val loss", fmt.num(m.adapter_val_loss)],
       ["total steps", m.total_steps ?? "–"],
       ["training time", fmt.secs(m.training_time_seconds)],
       ["tokens/s", m.tokens_per_second ?? "–"],
       ["exact match base → adapter", `${fmt.num(m.base_exact_match, 2)} → ${fmt.num(m.adapter_exact_match, 2)}`],
+      ["preference accuracy base → adapter", `${fmt.num(m.base_preference_accuracy, 2)} → ${fmt.num(m.adapter_preference_accuracy, 2)}`],
     ];
+    // the DPO stage's reference model (the SFT adapter of an sft+dpo run): only when measured
+    if (typeof m.reference_preference_accuracy === "number") {
+      rows.push(["preference accuracy reference", fmt.num(m.reference_preference_accuracy, 2)]);
+    }
     if (run.promotion) rows.push(["promotion", `${run.promotion.decision}: ${run.promotion.reason}`]);
     $("result-list").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     $("run-result").hidden = false;
@@ -208,8 +254,13 @@ function showRunInfo(run) {
   if (run.status === "cancelled") setMessage($("run-message"), run.errorMessage || "Cancelled", "");
 }
 
+// Events from before preference training have no `stage`: they were SFT steps.
+const stageOf = (e) => e.stage || "sft";
+const STAGED = ["progress", "eval", "training_start", "checkpoint"]; // the events that carry one
+
 function showStep(e) {
   const step = e.step ?? 0, total = e.total_steps ?? 0;
+  $("stat-stage").textContent = stageOf(e);
   $("stat-step").textContent = total ? `${step} / ${total}` : String(step);
   $("progress-bar").style.width = total ? `${Math.min(100, (100 * step) / total)}%` : "0";
   if (typeof e.loss === "number") $("stat-loss").textContent = fmt.num(e.loss);
@@ -221,9 +272,14 @@ function showStep(e) {
 function logEvent(e) {
   if (e.type === "heartbeat") return;
   const parts = [e.timestamp || "", e.type];
+  // SFT is the usual case, so only the DPO stage is named: its loss is a different quantity
+  if (STAGED.includes(e.type) && stageOf(e) === "dpo") parts.push("[dpo]");
   if (e.step !== undefined) parts.push(`step ${e.step}`);
   if (typeof e.loss === "number") parts.push(`loss ${fmt.num(e.loss)}`);
   if (typeof e.eval_loss === "number") parts.push(`eval ${fmt.num(e.eval_loss)}`);
+  if (typeof e.rewards_margins === "number") parts.push(`margin ${fmt.num(e.rewards_margins)}`);
+  if (typeof e.train_count === "number") parts.push(`examples ${e.train_count} train / ${e.val_count ?? 0} val`);
+  if (typeof e.train_pairs === "number") parts.push(`pairs ${e.train_pairs} train / ${e.val_pairs ?? 0} val`);
   if (e.message) parts.push(e.message);
   if (e.adapter_path) parts.push(e.adapter_path);
   const log = $("log");
@@ -231,10 +287,17 @@ function logEvent(e) {
   while (log.children.length > 200) log.lastChild.remove();
 }
 
-// One event from history (camelCase rows) or the feed (snake_case events).
+// One event from history (camelCase rows, already snake_cased) or the feed (snake_case events).
+// The DPO stage's losses get their own series: a DPO loss (about 0.69 at the start) on the
+// SFT loss' line would look like a cliff. The margin plotted is the training batches'; the
+// eval set's is in the log line.
 function applyEvent(e) {
-  if (e.type === "progress") view.chart.add("train", e.step, e.loss, e.total_steps);
-  if (e.type === "eval") view.chart.add("eval", e.step, e.eval_loss, e.total_steps);
+  const dpo = stageOf(e) === "dpo";
+  if (e.type === "progress") {
+    view.chart.add(dpo ? "dpo" : "train", e.step, e.loss, e.total_steps);
+    if (dpo) view.chart.add("margin", e.step, e.rewards_margins, e.total_steps);
+  }
+  if (e.type === "eval") view.chart.add(dpo ? "dpo_eval" : "eval", e.step, e.eval_loss, e.total_steps);
   if (e.type === "progress" || e.type === "eval" || e.type === "training_start") showStep(e);
 }
 
@@ -310,7 +373,8 @@ function handleFrame(frame) {
 async function showRun(runId) {
   view.runId = runId;
   $("run-id").textContent = runId;
-  for (const id of ["stat-step", "stat-loss", "stat-eval", "stat-lr", "stat-eta", "stat-model"]) $(id).textContent = "–";
+  for (const id of ["stat-step", "stat-stage", "stat-loss", "stat-eval", "stat-lr", "stat-eta", "stat-model"]) $(id).textContent = "–";
+  $("run-objective").textContent = "";
   $("progress-bar").style.width = "0";
   $("log").replaceChildren();
   $("run-result").hidden = true;
@@ -356,6 +420,8 @@ window.addEventListener("hashchange", route);
 window.addEventListener("DOMContentLoaded", () => {
   $("start").addEventListener("click", startRun);
   $("reset-config").addEventListener("click", resetConfig);
+  $("objective").addEventListener("change", objectiveToConfig);
+  $("config").addEventListener("input", objectiveFromConfig);
   $("cancel").addEventListener("click", cancelRun);
   $("rollback").addEventListener("click", rollbackAdapter);
   route();

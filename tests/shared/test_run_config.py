@@ -46,6 +46,10 @@ def test_defaults_come_from_settings() -> None:
         logging_steps=2,
         packing=False,
         eval_samples=0,
+        objective="dpo",
+        dpo_beta=0.2,
+        dpo_epochs=2,
+        dpo_learning_rate=1e-5,
     )
     config = build_config(settings).to_dict()
     assert config == {
@@ -70,6 +74,12 @@ def test_defaults_come_from_settings() -> None:
         "loggingSteps": 2,
         "packing": False,
         "evalSamples": 0,
+        "objective": "dpo",
+        "dpoBeta": 0.2,
+        "dpoEpochs": 2,
+        "dpoLearningRate": 1e-5,
+        "dpoMaxSteps": None,
+        "maxPairsPerPrompt": None,
     }
 
 

@@ -37,6 +37,7 @@ def tiny_run_config(settings: Settings, model: Path, **overrides: object) -> Fin
         "gradAccum": 1,
         "maxSeqLen": 256,
         "evalSamples": 1,
+        "objective": "sft",  # the DPO tests ask for theirs
         **overrides,
     }
     return build_config(settings, values)
@@ -65,6 +66,8 @@ def tiny_job(
         model_path=model,
         train_path=export_dir / "train.jsonl",
         val_path=export_dir / "val.jsonl",
+        train_pairs_path=export_dir / "train_pairs.jsonl",
+        val_pairs_path=export_dir / "val_pairs.jsonl",
         adapter_dir=work / "adapter",
         checkpoint_dir=work / "checkpoints",
         emitter=Emitter(run_id, [events.append]),

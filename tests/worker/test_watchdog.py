@@ -16,6 +16,7 @@ from shared.runs import RunStore
 from shared.settings import Settings
 from worker import watchdog
 from worker.runtime import Runtime
+from worker.training import stages
 
 
 class FakeControl:
@@ -117,7 +118,7 @@ def test_lost_worker_with_a_checkpoint_is_resumed(rt: Runtime, monkeypatch) -> N
     assert sent == [("tmde.finetune.train", "tmde.finetune.evaluate")]
     run = rt.runs.get(run_id)
     assert run.status == "running" and run.attempts == 1 and run.phase == "queued"
-    latest = watchdog.latest_checkpoint(
+    latest = stages.latest_checkpoint(
         rt.settings.lora_output_dir / ".work" / run_id / "checkpoints"
     )
     assert latest is not None and latest.name == "checkpoint-10"
@@ -139,7 +140,7 @@ def test_resumes_are_bounded(rt: Runtime) -> None:
 
 def test_incomplete_checkpoints_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-7").mkdir()
-    assert watchdog.latest_checkpoint(tmp_path) is None
+    assert stages.latest_checkpoint(tmp_path) is None
 
 
 def test_trainer_ignoring_a_cancel_is_terminated_after_the_grace_period(rt: Runtime) -> None:

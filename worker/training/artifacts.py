@@ -59,6 +59,8 @@ def build_manifest(
     train_examples: int,
     val_examples: int,
     provenance: dict[str, Any],
+    train_pairs: int = 0,
+    val_pairs: int = 0,
 ) -> dict[str, Any]:
     """manifest.json of seed §6.1 (sha256 and sizeBytes are filled in by `publish`)."""
     return {
@@ -69,6 +71,9 @@ def build_manifest(
         "tracesUsed": traces_used,
         "trainExamples": train_examples,
         "valExamples": val_examples,
+        "objective": config.objective,
+        "trainPairs": train_pairs,
+        "valPairs": val_pairs,
         "isActive": False,
         "tags": [],
         "sizeBytes": 0,

@@ -16,12 +16,23 @@ from shared.events import Emitter
 from worker.training.hooks import inject_faults, oom_hook
 
 HEARTBEAT_INTERVAL_SECONDS = 10.0
+# TRL's DPO log keys -> ProgressEvent fields; eval logs carry the same keys prefixed "eval_".
+DPO_FIGURES = {
+    "rewards/margins": "rewards_margins",
+    "rewards/accuracies": "rewards_accuracies",
+    "logps/chosen": "logps_chosen",
+    "logps/rejected": "logps_rejected",
+}
 
 
 class PipelineCallback(TrainerCallback):
     """Turns Trainer logs into seed §5.1 events and stops training when a cancel is requested.
 
     The cancel check runs after every optimizer step; it must be cheap (a Redis GET or a flag).
+
+    One callback serves one stage of a run (`stage`: "sft" or "dpo"). Its events count steps
+    over the whole run: `step_offset` steps were done by earlier stages and `steps_after` are
+    still to come in later ones, so step, total_steps and the ETA cover both stages.
     """
 
     def __init__(
@@ -30,8 +41,15 @@ class PipelineCallback(TrainerCallback):
         should_cancel: Callable[[], bool],
         checkpoint_dir: str,
         should_stop: Callable[[], bool] = lambda: False,
+        *,
+        stage: str = "sft",
+        step_offset: int = 0,
+        steps_after: int = 0,
     ) -> None:
         self.emitter = emitter
+        self.stage = stage
+        self.step_offset = step_offset
+        self.steps_after = steps_after
         self.should_cancel = should_cancel
         self.should_stop = should_stop
         self.checkpoint_dir = checkpoint_dir
@@ -43,14 +61,22 @@ class PipelineCallback(TrainerCallback):
         self.last_heartbeat = 0.0
         self.last_train_loss: float | None = None
         self.eval_losses: list[float] = []
+        self.last_eval: dict[str, float] = {}  # the stage's last eval figures (DPO's included)
         self.oom_hook = oom_hook()
+
+    def _step(self, state: Any) -> int:
+        return self.step_offset + state.global_step
+
+    def _total(self, state: Any) -> int | None:
+        return self.step_offset + state.max_steps + self.steps_after if state.max_steps else None
 
     def _eta(self, state: Any) -> int | None:
         done = state.global_step - self.start_step
         if done <= 0 or not state.max_steps:
             return None
         elapsed = time.monotonic() - self.started_at
-        return int(elapsed / done * max(state.max_steps - state.global_step, 0))
+        left = max(state.max_steps - state.global_step, 0) + self.steps_after
+        return int(elapsed / done * left)
 
     def _tokens_per_second(self, state: Any) -> float | None:
         tokens = _tokens_seen(state) - self.start_tokens
@@ -61,7 +87,12 @@ class PipelineCallback(TrainerCallback):
         self.started_at = time.monotonic()
         self.start_step = state.global_step
         self.start_tokens = _tokens_seen(state)  # a resume starts past zero
-        self.emitter.emit("training_start", total_steps=state.max_steps, step=state.global_step)
+        self.emitter.emit(
+            "training_start",
+            total_steps=self._total(state),
+            step=self._step(state),
+            stage=self.stage,
+        )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         inject_faults(state.global_step, args.per_device_train_batch_size, self.oom_hook)
@@ -78,16 +109,17 @@ class PipelineCallback(TrainerCallback):
         now = time.monotonic()
         if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_SECONDS:
             self.last_heartbeat = now
-            self.emitter.emit("heartbeat", step=state.global_step, total_steps=state.max_steps)
+            self.emitter.emit("heartbeat", step=self._step(state), total_steps=self._total(state))
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
     ) -> None:
         logs = logs or {}
         common = {
-            "step": state.global_step,
-            "total_steps": state.max_steps,
+            "step": self._step(state),
+            "total_steps": self._total(state),
             "eta_seconds": self._eta(state),
+            "stage": self.stage,
         }
         if "loss" in logs:
             self.last_train_loss = float(logs["loss"])
@@ -97,27 +129,40 @@ class PipelineCallback(TrainerCallback):
                 eval_loss=None,
                 learning_rate=_float(logs.get("learning_rate")),
                 tokens_per_second=self._tokens_per_second(state),
+                **_dpo_figures(logs, ""),
                 **common,
             )
         if "eval_loss" in logs:
             eval_loss = float(logs["eval_loss"])
             self.eval_losses.append(eval_loss)
+            figures = _dpo_figures(logs, "eval_")
+            self.last_eval = {"eval_loss": eval_loss, **figures}
             self.emitter.emit(
                 "eval",
                 loss=self.last_train_loss,
                 eval_loss=eval_loss,
                 learning_rate=_float(logs.get("learning_rate")),
+                **figures,
                 **common,
             )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = f"{self.checkpoint_dir}/checkpoint-{state.global_step}"
-        self.emitter.emit("checkpoint", step=state.global_step, path=path)
+        self.emitter.emit("checkpoint", step=self._step(state), path=path, stage=self.stage)
 
 
 def _tokens_seen(state: Any) -> int:
     # Axolotl's events are replayed with a state that carries only what its plugin wrote
     return int(getattr(state, "num_input_tokens_seen", 0) or 0)
+
+
+def _dpo_figures(logs: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The DPO figures present in one Trainer log (none in an SFT stage's)."""
+    return {
+        field: float(logs[prefix + key])
+        for key, field in DPO_FIGURES.items()
+        if logs.get(prefix + key) is not None
+    }
 
 
 def _float(value: Any) -> float | None:

@@ -35,7 +35,7 @@ from shared.settings import Settings
 
 # Fields that decide the export (which traces, which split, how many answers are generated
 # after training), not this script: its data is already split into --train-data / --val-data.
-EXPORT_ONLY = ("min_quality_score", "val_split", "eval_samples")
+EXPORT_ONLY = ("min_quality_score", "val_split", "eval_samples", "max_pairs_per_prompt")
 # The seed's short spellings (§2.5); every field also has its own `--field-name` flag.
 SEED_FLAGS = {"learning_rate": "--lr"}
 

@@ -42,6 +42,31 @@ def to_record(example: dict[str, Any], *, chat: bool, eos_token: str | None) -> 
     return {"prompt": prompt, "completion": example["output"] + (eos_token or "")}
 
 
+def to_pair_record(pair: dict[str, Any], *, chat: bool, eos_token: str | None) -> dict[str, Any]:
+    """One preference pair in TRL's prompt/chosen/rejected format: the prompt is built exactly
+    as the SFT example's (`to_record`) from the pair's instruction and input."""
+    chosen = to_record({**pair, "output": pair["chosen"]}, chat=chat, eos_token=eos_token)
+    rejected = to_record({**pair, "output": pair["rejected"]}, chat=chat, eos_token=eos_token)
+    return {
+        "prompt": chosen["prompt"],
+        "chosen": chosen["completion"],
+        "rejected": rejected["completion"],
+    }
+
+
+def load_pair_records(path: Path, tokenizer: Any) -> list[dict[str, Any]]:
+    chat = has_chat_template(tokenizer)
+    return [to_pair_record(p, chat=chat, eos_token=tokenizer.eos_token) for p in read_jsonl(path)]
+
+
+def count_lines(path: Path | None) -> int:
+    """Records in a JSONL file; 0 when there is no file."""
+    if path is None or not path.is_file():
+        return 0
+    with path.open(encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 

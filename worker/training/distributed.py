@@ -64,6 +64,7 @@ KILLED_RANK = re.compile(
 )
 STOP_GRACE_SECONDS = 30
 PATH_FIELDS = ("model_path", "train_path", "val_path", "adapter_dir", "checkpoint_dir")
+OPTIONAL_PATHS = ("train_pairs_path", "val_pairs_path")
 
 
 def job_to_dict(job: TrainJob) -> dict[str, Any]:
@@ -74,12 +75,14 @@ def job_to_dict(job: TrainJob) -> dict[str, Any]:
         "config": job.config.to_dict(),
         "torch_threads": job.torch_threads,
         "resume_from": str(job.resume_from) if job.resume_from else None,
+        **{name: str(getattr(job, name) or "") for name in OPTIONAL_PATHS},
     }
 
 
 def job_from_dict(data: dict[str, Any], emitter: Emitter) -> TrainJob:
     paths = {name: Path(data[name]) for name in PATH_FIELDS}
     resume = Path(data["resume_from"]) if data.get("resume_from") else None
+    optional = {name: Path(data[name]) if data.get(name) else None for name in OPTIONAL_PATHS}
     return TrainJob(
         run_id=data["run_id"],
         config=FineTuneConfig.model_validate(data["config"]),
@@ -87,6 +90,7 @@ def job_from_dict(data: dict[str, Any], emitter: Emitter) -> TrainJob:
         torch_threads=data["torch_threads"],
         resume_from=resume,
         **paths,
+        **optional,
     )
 
 

@@ -24,6 +24,8 @@ class TrainJob:
     model_path:     a local folder with the base model (already resolved)
     train_path:     Alpaca JSONL to train on
     val_path:       Alpaca JSONL for evaluation during training
+    train_pairs_path, val_pairs_path:
+                    preference pairs (worker/pairs.py) for the DPO stage; None: no pairs
     adapter_dir:    where the finished adapter is written (a staging folder, not the final path)
     checkpoint_dir: where `checkpoint-N` folders go
     emitter:        receives the seed §5.1 events
@@ -31,7 +33,8 @@ class TrainJob:
     should_stop:    polled after every step; True saves a checkpoint there and stops training
                     (HandedOverError): the worker is shutting down and another will resume
     torch_threads:  intra-op threads for torch on a CPU; 0 keeps torch's default
-    resume_from:    a `checkpoint-N` folder to continue from (crash resume), or None
+    resume_from:    a `checkpoint-N` folder to continue from (crash resume), or None; under
+                    `dpo/` it is the DPO stage's (worker/training/stages.py)
     python_path:    the interpreter of Axolotl's environment (PYTHON_PATH); None reads it from
                     the environment's settings
     """
@@ -49,6 +52,8 @@ class TrainJob:
     torch_threads: int = 0
     resume_from: Path | None = None
     python_path: str | None = None
+    train_pairs_path: Path | None = None
+    val_pairs_path: Path | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 from shared.errors import CancelledError, HandedOverError, OutOfMemoryError, PipelineError
@@ -85,32 +86,75 @@ def sft_arguments(job: TrainJob, *, cuda: bool, bf16: bool) -> dict[str, Any]:
     }
 
 
-def _trainer(job: TrainJob, model: Any, tokenizer: Any, arguments: dict, peft: Any) -> Any:
-    """SFTTrainer on the job's files with the PipelineCallback, and that callback."""
+def pipeline_callback(job: TrainJob, checkpoint_dir: Path, **stage: Any) -> Any:
+    """The PipelineCallback for one stage of `job` (stage, step_offset, steps_after)."""
+    from worker.training.callbacks import PipelineCallback
+
+    return PipelineCallback(
+        job.emitter, job.should_cancel, str(checkpoint_dir), should_stop=job.should_stop, **stage
+    )
+
+
+def quiet(trainer: Any) -> Any:
+    """Trainer prints its log dicts to stdout; the CLI's stdout carries JSON events only."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _trainer(
+    job: TrainJob, model: Any, tokenizer: Any, arguments: dict, peft: Any, callback: Any
+) -> Any:
+    """SFTTrainer on the job's files with the PipelineCallback."""
     import datasets
     from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from worker.training.callbacks import PipelineCallback
     from worker.training.data import load_records
 
     datasets.disable_progress_bars()
-    callback = PipelineCallback(
-        job.emitter, job.should_cancel, str(job.checkpoint_dir), should_stop=job.should_stop
+    return quiet(
+        SFTTrainer(
+            model=model,
+            args=SFTConfig(**arguments),
+            train_dataset=Dataset.from_list(load_records(job.train_path, tokenizer)),
+            eval_dataset=Dataset.from_list(load_records(job.val_path, tokenizer)),
+            processing_class=tokenizer,
+            peft_config=peft,
+            callbacks=[callback],
+        )
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=SFTConfig(**arguments),
-        train_dataset=Dataset.from_list(load_records(job.train_path, tokenizer)),
-        eval_dataset=Dataset.from_list(load_records(job.val_path, tokenizer)),
-        processing_class=tokenizer,
-        peft_config=peft,
-        callbacks=[callback],
-    )
-    # Trainer prints its log dicts to stdout; the CLI's stdout carries JSON events only.
-    trainer.remove_callback(PrinterCallback)
-    return trainer, callback
+
+
+def run_trainer(trainer: Any, callback: Any, resume_from: Path | None, *, cuda: bool) -> float:
+    """trainer.train() from `resume_from`, with the pipeline's outcomes: OutOfMemoryError,
+    CancelledError, HandedOverError (checkpoint saved). Returns the seconds it trained."""
+    import torch
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.monotonic()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemoryError(f"Out of memory during training: {exc}") from exc
+    elapsed = time.monotonic() - started
+    if callback.cancelled:
+        raise CancelledError("Cancelled during training")
+    if callback.stopped_at is not None:
+        raise HandedOverError(
+            f"Stopped at step {callback.stopped_at} (checkpoint saved): the worker is shutting "
+            "down; the next train worker resumes the run"
+        )
+    return elapsed
+
+
+def save_adapter(model: Any, tokenizer: Any, folder: Path) -> None:
+    """The trained adapter only: DPO's frozen reference copy ("ref") is not part of it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, selected_adapters=["default"])
+    tokenizer.save_pretrained(folder)
 
 
 def run_sft(
@@ -123,39 +167,28 @@ def run_sft(
     peft_config: Any = None,
     cuda: bool,
     extra: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train `model` with TRL's SFTTrainer and the PipelineCallback, save the adapter, and
-    measure: the part every in-process backend shares (trl, unsloth)."""
-    import torch
-
-    trainer, callback = _trainer(job, model, tokenizer, arguments, peft_config)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    started = time.monotonic()
-    try:
-        trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-    except torch.OutOfMemoryError as exc:
-        raise OutOfMemoryError(f"Out of memory during training: {exc}") from exc
-    elapsed = time.monotonic() - started
-    if callback.cancelled:
-        raise CancelledError("Cancelled during training")
-    if callback.stopped_at is not None:
-        raise HandedOverError(
-            f"Stopped at step {callback.stopped_at} (checkpoint saved): the worker is shutting "
-            "down; the next train worker resumes the run"
-        )
-    if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the adapter
-        job.adapter_dir.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(job.adapter_dir)
-        tokenizer.save_pretrained(job.adapter_dir)
-    return TrainResult(
+    steps_after: int = 0,
+    resume_from: Path | None = None,
+    save: bool = True,
+) -> tuple[TrainResult, Any]:
+    """Train `model` with TRL's SFTTrainer and the PipelineCallback, save the adapter into
+    job.adapter_dir (unless `save` is False: a DPO stage follows), and measure: the part every
+    in-process backend shares (trl, unsloth). Returns the result and the trained model."""
+    callback = pipeline_callback(job, job.checkpoint_dir, stage="sft", steps_after=steps_after)
+    trainer = _trainer(job, model, tokenizer, arguments, peft_config, callback)
+    elapsed = run_trainer(trainer, callback, resume_from, cuda=cuda)
+    if save and trainer.is_world_process_zero():  # under torchrun only rank 0 writes it
+        save_adapter(trainer.model, tokenizer, job.adapter_dir)
+    result = TrainResult(
         backend=backend,
-        metrics=_metrics(trainer.state, callback, elapsed, cuda=cuda),
+        metrics=measurements(trainer.state, callback, elapsed, cuda=cuda),
         hyperparameters=hyperparameters(job, backend, arguments, extra),
     )
+    return result, trainer
 
 
-def _metrics(state: Any, callback: Any, elapsed: float, *, cuda: bool) -> dict[str, Any]:
+def measurements(state: Any, callback: Any, elapsed: float, *, cuda: bool) -> dict[str, Any]:
+    """Seed §5.1 metrics of one stage's trainer."""
     import torch
 
     tokens = int(state.num_input_tokens_seen or 0)

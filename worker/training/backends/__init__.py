@@ -26,6 +26,7 @@ from worker.training.job import TrainJob, TrainResult
 
 AUTO = "auto"
 SFT = "sft"
+DPO = "dpo"
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Backend:
 
     unavailable_reason: (python_path) -> why it cannot run here, with the fix; None when it can
     train:              the backend's train function (imports the backend module when called)
-    objectives:         the training objectives it implements ("sft"; "dpo" to come)
+    objectives:         the training stages it implements ("sft", "dpo"): a run's objective
+                        (sft, dpo, sft+dpo) needs each of its stages
     distributed:        whether it runs on several ranks under torchrun (FINETUNE_NPROC > 1)
     """
 
@@ -64,8 +66,8 @@ def _train_axolotl(job: TrainJob) -> TrainResult:
     return train(job)
 
 
-TRL = Backend("trl", availability.trl_problem, _train_trl, (SFT,), distributed=True)
-UNSLOTH = Backend("unsloth", availability.unsloth_problem, _train_unsloth, (SFT,))
+TRL = Backend("trl", availability.trl_problem, _train_trl, (SFT, DPO), distributed=True)
+UNSLOTH = Backend("unsloth", availability.unsloth_problem, _train_unsloth, (SFT, DPO))
 AXOLOTL = Backend("axolotl", availability.axolotl_problem, _train_axolotl, (SFT,))
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (TRL, UNSLOTH, AXOLOTL)}
 
@@ -97,10 +99,26 @@ def unavailable_reason(backend: str, python_path: str | None = None) -> str | No
     return found.unavailable_reason(python_path)
 
 
-def require_backend(backend: str, python_path: str | None = None) -> None:
-    """BackendUnavailableError, with the fix, when `backend` cannot run in this installation:
-    before anything loads, instead of a stack trace from deep inside an import."""
-    problem = unavailable_reason(backend, python_path)
+def objective_problem(backend: str, objective: str) -> str | None:
+    """Why `backend` cannot train `objective` (a stage it does not implement); None if it can."""
+    found = BACKENDS.get(backend)
+    missing = [s for s in objective.split("+") if found and s not in found.objectives]
+    if not missing:
+        return None
+    able = [
+        b.name for b in BACKENDS.values() if all(s in b.objectives for s in objective.split("+"))
+    ]
+    return (
+        f"Backend {backend!r} cannot train objective {objective!r}: it has no "
+        f"{' or '.join(missing)} stage. Use objective 'sft' or backend {' or '.join(able)}."
+    )
+
+
+def require_backend(backend: str, python_path: str | None = None, objective: str = SFT) -> None:
+    """BackendUnavailableError, with the fix, when `backend` cannot run in this installation
+    or cannot train `objective`: before anything loads, instead of a stack trace from deep
+    inside an import."""
+    problem = unavailable_reason(backend, python_path) or objective_problem(backend, objective)
     if problem:
         raise BackendUnavailableError(problem, suggestion="Set FINETUNE_BACKEND=trl")
 
@@ -108,5 +126,5 @@ def require_backend(backend: str, python_path: str | None = None) -> None:
 def run_backend(job: TrainJob) -> TrainResult:
     """Train with the backend the job's config names (after `auto`)."""
     backend = resolve_backend(job.config.backend)
-    require_backend(backend, job.python_path)
+    require_backend(backend, job.python_path, job.config.objective)
     return BACKENDS[backend].train(job)

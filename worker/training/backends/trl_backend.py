@@ -1,20 +1,23 @@
-"""The `trl` backend: transformers + PEFT LoRA + TRL's SFTTrainer, on a CPU or a GPU.
+"""The `trl` backend: transformers + PEFT LoRA + TRL's SFTTrainer and DPOTrainer, on a CPU
+or a GPU.
 
 Prompt/completion chat records (worker/training/data.py) make TRL compute the loss on the
 answer only. Packing (on by default) fills each row with several short examples. Only loading
-and LoRA wrapping are this backend's own; the training loop is the shared one (sft_loop).
+and LoRA wrapping are this backend's own; the stages are the shared ones (objective.py:
+sft_loop, then dpo_loop for the objectives with DPO).
 """
 
 from __future__ import annotations
 
 from worker.training.job import TrainJob, TrainResult
-from worker.training.sft_loop import check_target_modules, run_sft, sft_arguments
+from worker.training.objective import train_objective
+from worker.training.sft_loop import check_target_modules, sft_arguments
 
 NAME = "trl"  # the registry's name for this backend (worker/training/backends/__init__.py)
 
 
 def train(job: TrainJob) -> TrainResult:
-    """Load the base model, attach a PEFT LoRA through SFTTrainer, and run the SFT loop."""
+    """Load the base model, attach a PEFT LoRA through the trainer, and train the objective."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -41,4 +44,6 @@ def train(job: TrainJob) -> TrainResult:
     )
     # Looked up here at call time: bench/throughput_child.py swaps this module's sft_arguments.
     arguments = sft_arguments(job, cuda=cuda, bf16=bf16)
-    return run_sft(job, NAME, model, tokenizer, arguments, peft_config=lora, cuda=cuda)
+    return train_objective(
+        job, NAME, model, tokenizer, arguments, peft_config=lora, cuda=cuda, bf16=bf16
+    )

@@ -1,13 +1,14 @@
 """The `unsloth` backend (seed §2.5): Unsloth's FastLanguageModel, 4-bit QLoRA on a GPU.
 
-The training loop is the one trl uses too (sft_loop.run_sft: TRL's SFTTrainer with the
+The stages are the ones trl uses too (objective.train_objective: TRL's SFTTrainer, then
+TRL's DPOTrainer for the objectives with DPO, on Unsloth's patched model, with the
 PipelineCallback), so both emit the same events, write the same adapter files and map OOM and
 cancel alike; only loading and LoRA wrapping differ. On a CUDA GPU the base model loads in 4-bit
 (bitsandbytes) with Unsloth's gradient checkpointing. Without a GPU, Unsloth (2026.10) trains on
 the CPU; 4-bit needs CUDA, so there the model loads in float32: that is how the tests run this
 backend for real.
 Unsloth must be imported before transformers, TRL and PEFT to patch them; it is imported first
-here (sft_loop imports those only inside its functions), and this module is imported only when
+here (the loops import those only inside their functions), and this module is imported only when
 a run uses the backend.
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 
 from shared.errors import BackendUnavailableError
 from worker.training.job import TrainJob, TrainResult
-from worker.training.sft_loop import check_target_modules, run_sft, sft_arguments
+from worker.training.objective import train_objective
+from worker.training.sft_loop import check_target_modules, sft_arguments
 
 NAME = "unsloth"  # the registry's name for this backend (worker/training/backends/__init__.py)
 
@@ -95,4 +97,15 @@ def train(job: TrainJob) -> TrainResult:
             "gradient_checkpointing": "unsloth" if cuda else False,
         }
     }
-    return run_sft(job, NAME, model, tokenizer, arguments, cuda=cuda, extra=extra)
+    precision = {"gradient_checkpointing": False, "fp16": arguments["fp16"]}
+    return train_objective(
+        job,
+        NAME,
+        model,
+        tokenizer,
+        arguments,
+        cuda=cuda,
+        bf16=bf16,
+        extra=extra,
+        dpo_overrides=precision,
+    )
