@@ -43,22 +43,31 @@ def render(event: dict[str, Any]) -> str | None:
     """One human line for an event (None for heartbeats and unknown types)."""
     kind = event.get("type")
     if kind == "export_complete":
-        return f"exported {event.get('train_count')} train / {event.get('val_count')} val examples"
+        pairs = ""
+        if event.get("train_pairs") is not None:
+            pairs = f", {event['train_pairs']} / {event.get('val_pairs')} preference pairs"
+        return (
+            f"exported {event.get('train_count')} train / {event.get('val_count')} val "
+            f"examples{pairs}"
+        )
     if kind == "training_start":
-        return f"training started: {event.get('total_steps')} steps"
+        stage = f" ({event['stage']} stage)" if event.get("stage") else ""
+        return f"training started{stage}: {event.get('total_steps')} steps"
     if kind == "progress":
         total, step = event.get("total_steps") or 0, event.get("step") or 0
         filled = min(int(BAR_WIDTH * step / total), BAR_WIDTH) if total else 0
         loss = event.get("loss")
         return (
-            f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] step {step}/{total} "
-            f"loss {loss if loss is None else format(loss, '.4f')} "
+            f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {_stage(event)}step {step}/{total} "
+            f"loss {loss if loss is None else format(loss, '.4f')}{_margin(event)} "
             f"lr {event.get('learning_rate') or 0:.2e} eta {format_eta(event.get('eta_seconds'))}"
         )
     if kind == "eval":
         eval_loss = event.get("eval_loss")
         shown = "?" if eval_loss is None else f"{eval_loss:.4f}"
-        return f"  eval at step {event.get('step')}: eval_loss {shown}"
+        return (
+            f"  {_stage(event)}eval at step {event.get('step')}: eval_loss {shown}{_margin(event)}"
+        )
     if kind == "checkpoint":
         return f"  checkpoint saved at step {event.get('step')}"
     if kind in TERMINAL_TYPES:
@@ -199,12 +208,37 @@ def exit_code(terminal: dict[str, Any] | None, run: dict[str, Any] | None) -> Ex
     return exit_code_for(code)
 
 
+def _stage(event: dict[str, Any]) -> str:
+    """The DPO stage is named on its lines; SFT (and runs before stages) are left plain."""
+    return "dpo " if event.get("stage") == "dpo" else ""
+
+
+def _margin(event: dict[str, Any]) -> str:
+    margin = event.get("rewards_margins")
+    return "" if margin is None else f" margin {margin:.3f}"
+
+
+def preference_line(metrics: dict[str, Any]) -> str | None:
+    """`preference accuracy base -> adapter` on the held-out pairs, when there were any."""
+    if metrics.get("adapter_preference_accuracy") is None:
+        return None
+    reference = metrics.get("reference_preference_accuracy")
+    active = "" if reference is None else f" (active adapter {reference})"
+    return (
+        f"preference accuracy {metrics.get('base_preference_accuracy')} (base) -> "
+        f"{metrics['adapter_preference_accuracy']}{active} on "
+        f"{metrics.get('preference_pairs_evaluated')} held-out pairs"
+    )
+
+
 def summary(run: dict[str, Any]) -> str:
     if run.get("status") == "completed":
         metrics = run.get("metrics") or {}
+        preference = preference_line(metrics)
         return (
             f"run {run['id']} completed: adapter {run.get('loraPath')}; val loss "
             f"{metrics.get('base_val_loss')} (base) -> {metrics.get('adapter_val_loss')}"
+            + (f"; {preference}" if preference else "")
         )
     if run.get("status") == "failed":
         return f"run {run['id']} failed [{run.get('errorCode')}]: {run.get('errorMessage')}"

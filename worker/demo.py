@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.commands import Subparsers
-from shared.follow import ProgressView, auth_headers, render, stream_events
+from shared.follow import ProgressView, auth_headers, preference_line, render, stream_events
 from shared.names import QUEUES, ExitCode
 from shared.settings import Settings
 
@@ -47,6 +47,8 @@ DEMO_CONFIG = {
     "evalSteps": 10,
     "saveSteps": 10,
     "evalSamples": 1,
+    # the default objective (sft+dpo) trains DPO after SFT on the demo debates' rejected drafts
+    "dpoMaxSteps": 10,
 }
 
 
@@ -185,6 +187,9 @@ def report(run: dict) -> None:
             f"{metrics.get('adapter_exact_match')} on {metrics['generation_examples']} held-out "
             "question(s) (FINETUNE_EVAL_SAMPLES / evalSamples)"
         )
+    preference = preference_line(metrics)
+    if preference:
+        print(f"debate:   {preference} (objective {run['config'].get('objective')})")
     promotion = run.get("promotion") or {}
     if promotion:
         print(f"promotion: {promotion['decision']} ({promotion['reason']})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -241,7 +242,11 @@ def _train_with_oom_retries(rt: Runtime, run_id: str, job: Any, emitter: Emitter
                 job.config.grad_accum,
             )
             _free_accelerator_memory()
-            RunPaths(rt.settings.lora_output_dir, run_id).discard()
+            from worker.training.stages import discard_for_retry
+
+            discard_for_retry(job.checkpoint_dir)
+            shutil.rmtree(job.adapter_dir, ignore_errors=True)
+            job.resume_from = None
             emitter.emit("heartbeat", message=f"OOM at batch {batch}; retrying with {batch // 2}")
 
 

@@ -59,6 +59,7 @@ class TaskProgressSink:
             else self.meta.get("eval_loss"),
             "learning_rate": event.learning_rate,
             "eta_seconds": event.eta_seconds,
+            "stage": event.stage or self.meta.get("stage"),
         }
         now = time.monotonic()
         last_step = event.total_steps is not None and event.step == event.total_steps
@@ -74,6 +75,8 @@ class TaskProgressSink:
     def describe(self) -> str:
         meta = self.meta
         text = f"step {meta['step']}/{meta['total'] or '?'}"
+        if meta.get("stage") == "dpo":
+            text = "dpo " + text
         if meta.get("loss") is not None:
             text += f" loss {meta['loss']:.4f}"
         if meta.get("eval_loss") is not None:

@@ -99,6 +99,39 @@ def test_start_with_too_few_traces_is_422(make_app: Any, trace_store: TraceStore
     assert manager_of(app).list() == ([], 0)
 
 
+def test_an_objective_with_dpo_and_no_possible_pairs_is_422(make_app: Any, tmp_path) -> None:  # noqa: ANN001
+    from shared.traces import Round, Trace
+
+    store = TraceStore(tmp_path / "no-pairs.db")
+    # a proposer round that is the final answer, a critic's round, a draft judged "accepted":
+    # nothing the debate rejected, so no preference pair can come out of these traces
+    store.add_many(
+        [
+            Trace(
+                id=f"t{i}",
+                query=f"question {i}",
+                final_answer=f"answer {i}",
+                quality_score=9.0,
+                rounds=[
+                    Round("proposer", f"answer {i}"),
+                    Round("critic", "looks right"),
+                    Round("proposer", f"draft {i}", verdict="accepted"),
+                ],
+            )
+            for i in range(20)
+        ]
+    )
+    app = make_app(traces_db_path=store.path)
+    client = app.test_client()
+    response = client.post("/api/finetune", json={"config": {"objective": "sft+dpo"}})
+    assert response.status_code == 422
+    body = response.get_json()
+    assert (body["current"], body["required"]) == (0, 1)
+    assert "needs preference pairs" in body["error"] and '"verdict": "rejected"' in body["error"]
+    assert manager_of(app).list() == ([], 0)
+    assert client.post("/api/finetune", json={"config": {"objective": "sft"}}).status_code == 202
+
+
 def test_start_without_a_trace_database_is_422(make_app: Any, tmp_path) -> None:  # noqa: ANN001
     app = make_app(traces_db_path=tmp_path / "missing" / "traces.db")
     response = app.test_client().post("/api/finetune", json={})

@@ -23,6 +23,7 @@ from worker.demo import free_port
 LONG_RUN = {
     "backend": "trl",
     "maxSteps": 3000,
+    "objective": "sft",  # the total is the SFT steps alone
     "evalSteps": 100000,
     "saveSteps": 100000,
     "batchSize": 2,
@@ -71,6 +72,19 @@ def test_progress_sink_is_throttled_and_bound_to_the_task() -> None:
     )
     assert [e["type"] for e in task.events] == ["task-progress"] * 3
     assert task.events[-1]["result"] == "step 3/3 loss 0.5000 eval_loss 1.5000"
+
+
+def test_progress_in_the_dpo_stage_is_named_in_flower() -> None:
+    from worker.tasks import TaskProgressSink
+
+    task = FakeTask()
+    emitter = Emitter("run_a1", [])
+    with context_sinks(TaskProgressSink(task, min_interval=0)):
+        emitter.emit("progress", step=4, total_steps=7, loss=1.0, stage="sft")
+        emitter.emit("training_start", step=4, total_steps=7, stage="dpo")
+        emitter.emit("progress", step=5, total_steps=7, loss=0.69, stage="dpo")
+    assert [s["stage"] for s in task.states] == ["sft", "dpo", "dpo"]
+    assert task.events[-1]["result"] == "dpo step 5/7 loss 0.6900"
 
 
 def test_a_failing_progress_report_never_stops_training() -> None:

@@ -48,6 +48,7 @@ def test_follow_a_running_run_until_it_is_cancelled(service: Service, tiny_model
         "baseModel": str(tiny_model),
         "backend": "trl",
         "maxSteps": 3000,
+        "objective": "sft",  # the total is the SFT steps alone
         "evalSteps": 100000,
         "saveSteps": 100000,
         "batchSize": 2,

@@ -148,6 +148,28 @@ def test_oom_retries_with_half_the_batch_then_succeeds(
     assert run.metrics_dict()["oom_retries"] == 1
 
 
+def test_an_oom_in_the_dpo_stage_retries_dpo_alone(
+    rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMDE_TEST_RAISE_OOM", "6:2")  # run step 6: DPO's second step
+    config = tiny_config(
+        rt.settings, tiny_model, objective="sft+dpo", batchSize=2, gradAccum=1, dpoMaxSteps=3
+    )
+    run_id = _new_run(rt, config)
+    pipeline.export_step(run_id)
+    assert pipeline.train_step(run_id)["status"] == "trained"
+    run = rt.runs.get(run_id)
+    assert run.metrics_dict()["oom_retries"] == 1
+    assert run.metrics_dict()["sft_total_steps"] == 4
+    events = [
+        json.loads(line.removeprefix("EVENT "))
+        for line in Path(run.log_path).read_text().splitlines()
+        if line.startswith("EVENT ")
+    ]
+    starts = [e["stage"] for e in events if e["type"] == "training_start"]
+    assert starts == ["sft", "dpo", "dpo"]  # the finished SFT stage is kept, not trained again
+
+
 def test_oom_that_persists_fails_the_run_with_code_oom(
     rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

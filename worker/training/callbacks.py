@@ -95,7 +95,8 @@ class PipelineCallback(TrainerCallback):
         )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        inject_faults(state.global_step, args.per_device_train_batch_size, self.oom_hook)
+        # the run-wide step, as the events count it: a fault can be aimed at either stage
+        inject_faults(self._step(state), args.per_device_train_batch_size, self.oom_hook)
         if self.should_cancel():
             self.cancelled = True
             control.should_training_stop = True

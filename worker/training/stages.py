@@ -99,6 +99,16 @@ def save_sft_outcome(checkpoint_dir: Path, save_adapter: Any, outcome: SftOutcom
     return final
 
 
+def discard_for_retry(checkpoint_dir: Path) -> None:
+    """Before an OOM retry: drop every checkpoint but a finished SFT stage, so an OOM in the
+    DPO stage retries DPO alone (with the smaller batch) instead of training SFT again."""
+    if not checkpoint_dir.is_dir():
+        return
+    for path in checkpoint_dir.iterdir():
+        if path.name != SFT_ADAPTER:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """Where a re-queued run continues: `checkpoint` (None: the start of `stage`), and the

@@ -68,7 +68,7 @@ def _train_axolotl(job: TrainJob) -> TrainResult:
 
 TRL = Backend("trl", availability.trl_problem, _train_trl, (SFT, DPO), distributed=True)
 UNSLOTH = Backend("unsloth", availability.unsloth_problem, _train_unsloth, (SFT, DPO))
-AXOLOTL = Backend("axolotl", availability.axolotl_problem, _train_axolotl, (SFT,))
+AXOLOTL = Backend("axolotl", availability.axolotl_problem, _train_axolotl, (SFT, DPO))
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (TRL, UNSLOTH, AXOLOTL)}
 
 
