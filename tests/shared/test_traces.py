@@ -450,3 +450,29 @@ def test_add_many_is_one_transaction(store: TraceStore) -> None:
         store.add_many([_trace("new", 9.0, "2026-01-01T00:00:00+00:00"), bad])
     assert [t.id for t in store.get_fine_tune_traces(0)] == ["keep"]
     assert _count(store, "rounds") == 2
+
+
+def test_pair_sources_count_the_traces_that_can_give_a_preference_pair(
+    store: TraceStore,
+) -> None:
+    def trace(trace_id: str, *rounds: Round, score: float = 9.0) -> Trace:
+        return Trace(
+            id=trace_id,
+            query=f"q {trace_id}",
+            final_answer="The answer is 4.",
+            quality_score=score,
+            rounds=list(rounds),
+        )
+
+    store.add_many(
+        [
+            trace("judged", Round("critic", "no", verdict="rejected")),
+            trace("accepted-only", Round("proposer", "draft", verdict="accepted")),
+            trace("superseded", Round("Proposer", "The answer is 5.")),
+            trace("same-text", Round("proposer", "  the answer is 4. ")),
+            trace("critic-only", Round("critic", "check it")),
+            trace("low-quality", Round("proposer", "x"), score=2.0),
+        ]
+    )
+    assert store.count_pair_sources(8.0) == 2  # judged, superseded
+    assert store.count_pair_sources(0.0) == 3

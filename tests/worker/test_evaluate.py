@@ -30,6 +30,10 @@ ALL_KEYS = (
         "exact_match_examples",
         "rouge_l_examples",
         "samples",
+        "base_preference_accuracy",
+        "adapter_preference_accuracy",
+        "reference_preference_accuracy",
+        "preference_pairs_evaluated",
     }
 )
 ROW_KEYS = {"instruction", "reference", "base", "adapter", "baseScore", "adapterScore"}
@@ -97,6 +101,43 @@ def test_no_generation_when_samples_is_zero(tiny_model, adapters, val_path) -> N
     assert result["generation_examples"] == 0 and result["samples"] == []
     assert (result["exact_match_examples"], result["rouge_l_examples"]) == (0, 0)
     assert all(result[key] is None for key in GENERATION_KEYS)
+
+
+def test_preference_accuracy_of_each_model_on_the_held_out_pairs(
+    tiny_model, adapters, val_path, tmp_path
+) -> None:
+    pairs = tmp_path / "val_pairs.jsonl"
+    rows = [
+        {
+            "instruction": r["instruction"],
+            "input": r.get("input", ""),
+            "chosen": r["output"],
+            "rejected": "no idea, sorry",
+        }
+        for r in VAL_ROWS
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    candidate, other = adapters
+    result = _run(
+        tiny_model, candidate, val_path, val_pairs_path=pairs, reference_adapter_dir=other
+    )
+    assert result["preference_pairs_evaluated"] == len(rows)
+    for key in ("base", "adapter", "reference"):
+        value = result[f"{key}_preference_accuracy"]
+        assert 0 <= value <= 1 and value * len(rows) == pytest.approx(round(value * len(rows)))
+    # the same adapter as candidate and reference: the same accuracy
+    same = _run(
+        tiny_model, candidate, val_path, val_pairs_path=pairs, reference_adapter_dir=candidate
+    )
+    assert same["reference_preference_accuracy"] == same["adapter_preference_accuracy"]
+    assert same["base_preference_accuracy"] == result["base_preference_accuracy"]
+
+
+def test_without_pairs_preference_accuracy_is_none(tiny_model, adapters, val_path, tmp_path):
+    result = _run(tiny_model, adapters[0], val_path, val_pairs_path=tmp_path / "missing.jsonl")
+    assert result["preference_pairs_evaluated"] == 0
+    assert result["adapter_preference_accuracy"] is None
+    assert result["base_preference_accuracy"] is None
 
 
 def test_scores_are_none_for_a_kind_of_reference_not_asked(tiny_model, adapters, val_path) -> None:

@@ -53,7 +53,9 @@ def test_success_prints_events_and_writes_the_adapter(
     tiny_model: Path, export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "adapters" / "run_abc123"
-    assert cli.main(_args(tiny_model, export_dir, out, "--max-steps", "2")) == 0
+    assert (
+        cli.main(_args(tiny_model, export_dir, out, "--max-steps", "2", "--objective", "sft")) == 0
+    )
     stdout = capsys.readouterr().out
     assert all(line.startswith("{") for line in stdout.splitlines()), "stdout is JSON lines only"
     events = _events(stdout)
@@ -62,6 +64,31 @@ def test_success_prints_events_and_writes_the_adapter(
     assert events[-1]["metrics"]["total_steps"] == 2
     assert (out / "adapter_model.safetensors").is_file() and (out / "metrics.json").is_file()
     assert not list(out.parent.glob(".*partial*"))
+
+
+def test_sft_then_dpo_reads_the_pairs_beside_the_data(
+    tiny_model: Path, export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "adapters" / "run_dpo"
+    flags = ("--max-steps", "2", "--objective", "sft+dpo", "--dpo-max-steps", "1")
+    assert cli.main(_args(tiny_model, export_dir, out, *flags)) == 0
+    events = _events(capsys.readouterr().out)
+    starts = [(e["stage"], e["total_steps"]) for e in events if e["type"] == "training_start"]
+    assert starts == [("sft", 3), ("dpo", 3)]
+    metrics = events[-1]["metrics"]
+    assert (metrics["sft_total_steps"], metrics["dpo_total_steps"]) == (2, 1)
+    assert json.loads((out / "training_args.json").read_text())["objective"] == "sft+dpo"
+
+
+def test_dpo_without_pairs_exits_2(
+    tiny_model: Path, export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    flags = ("--objective", "dpo", "--train-pairs", str(empty))
+    assert cli.main(_args(tiny_model, export_dir, tmp_path / "out", *flags)) == 2
+    event = _events(capsys.readouterr().out)[-1]
+    assert event["code"] == "INSUFFICIENT_DATA" and "needs preference pairs" in event["message"]
 
 
 def test_missing_data_exits_2(

@@ -78,6 +78,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tmde-finetune train", description="LoRA fine-tuning.")
     p.add_argument("--train-data", required=True, type=Path)
     p.add_argument("--val-data", required=True, type=Path)
+    p.add_argument(
+        "--train-pairs",
+        type=Path,
+        help="preference pairs for the DPO stage (default: train_pairs.jsonl beside --train-data)",
+    )
+    p.add_argument(
+        "--val-pairs",
+        type=Path,
+        help="held-out pairs (default: val_pairs.jsonl beside --val-data)",
+    )
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--run-id", default="cli")
     for name, flag in config_flags().items():
@@ -149,6 +159,8 @@ def _train(
         model_path=resolve_model(config.base_model, settings.model_cache_dir),
         train_path=args.train_data,
         val_path=args.val_data,
+        train_pairs_path=args.train_pairs or args.train_data.with_name("train_pairs.jsonl"),
+        val_pairs_path=args.val_pairs or args.val_data.with_name("val_pairs.jsonl"),
         adapter_dir=staging / "adapter",
         checkpoint_dir=staging / "checkpoints",
         emitter=emitter,
