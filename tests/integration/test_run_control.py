@@ -26,7 +26,14 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'runs.db'}"
 
 
-TINY = {"backend": "trl", "batchSize": 2, "gradAccum": 1, "maxSeqLen": 256, "evalSamples": 0}
+TINY = {
+    "backend": "trl",
+    "objective": "sft",  # the SFT stage alone unless a test asks for DPO
+    "batchSize": 2,
+    "gradAccum": 1,
+    "maxSeqLen": 256,
+    "evalSamples": 0,
+}
 
 
 def _wait(predicate, timeout: float = 120, every: float = 0.5):  # type: ignore[no-untyped-def]
@@ -120,6 +127,43 @@ def test_worker_killed_mid_run_is_resumed_from_its_checkpoint(
         from shared.models import FineTuneRun
 
         assert session.get(FineTuneRun, run_id).attempts == 1
+    db.dispose()
+
+
+def test_worker_killed_in_the_dpo_stage_resumes_dpo_without_repeating_sft(
+    service: Service, tiny_model: Path, tmp_path: Path
+) -> None:
+    from worker.watchdog import reap
+
+    log = EventLog(service)
+    config = {**TINY, "baseModel": str(tiny_model), "objective": "sft+dpo", "maxSteps": 4,
+              "dpoMaxSteps": 20, "saveSteps": 5, "evalSteps": 100000}  # fmt: skip
+    response = requests.post(f"{service.base_url}/api/finetune", json={"config": config})
+    run_id = log.run_id = response.json()["runId"]
+    log.wait_for(lambda e: e["type"] == "checkpoint" and e.get("stage") == "dpo")
+    stop_worker(service.worker, signal.SIGKILL)
+    killed_at = max(e["step"] for e in log.events if e["type"] == "progress")
+    assert 4 < killed_at < 24
+
+    settings = service.settings.replace(heartbeat_timeout=5)
+    db = Database(settings.database_url)
+    rt = Runtime(settings, db, service.redis, RunStore(db))
+    service.worker = start_worker(settings, tmp_path / "worker2.log")
+    actions = _wait(lambda: reap(rt, make_celery(settings)), timeout=60, every=1)
+    assert actions == [{"runId": run_id, "action": "resumed"}]
+
+    terminal = log.wait_for(lambda e: e["type"] in ("complete", "error", "cancelled"), 300)
+    assert terminal["type"] == "complete", terminal
+    starts = [(e["stage"], e["step"]) for e in log.events if e["type"] == "training_start"]
+    assert starts[:2] == [("sft", 0), ("dpo", 4)] and len(starts) == 3
+    assert starts[2][0] == "dpo" and 4 < starts[2][1] <= killed_at  # DPO, from its checkpoint
+    history = requests.get(f"{service.base_url}/api/finetune/{run_id}/events?limit=5000").json()
+    progress = [(h["stage"], h["step"]) for h in history["events"] if h["type"] == "progress"]
+    assert [step for _, step in progress] == list(range(1, 25)), "each step once after the resume"
+    assert {stage for stage, step in progress if step > 4} == {"dpo"}
+    metrics = requests.get(f"{service.base_url}/api/finetune/{run_id}").json()["metrics"]
+    assert (metrics["sft_total_steps"], metrics["dpo_total_steps"]) == (4, 20)
+    assert metrics["adapter_preference_accuracy"] is not None
     db.dispose()
 
 

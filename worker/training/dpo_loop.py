@@ -59,19 +59,28 @@ def dpo_arguments(job: TrainJob, *, cuda: bool, bf16: bool) -> dict[str, Any]:
     return arguments
 
 
+def load_trained_adapter(model: Any, folder: Path) -> None:
+    """The adapter saved in `folder` (its top level) into the PEFT model's "default" adapter."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    loaded = set_peft_model_state_dict(model, weights, adapter_name="default")
+    if loaded.unexpected_keys:  # another LoRA layout than this stage's: refuse, do not guess
+        raise ValueError(f"{folder} does not fit the LoRA settings: {loaded.unexpected_keys[:3]}")
+
+
 def policy_with_adapter(model: Any, peft_config: Any, adapter_dir: Path | None) -> Any:
     """The DPO stage's policy and the peft_config DPOTrainer still needs: a model that is
     already a PEFT model (Unsloth's, or after SFT) is used as it is, with `adapter_dir`'s
     weights (a finished SFT stage) loaded into its trained adapter."""
-    from peft import PeftModel, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import PeftModel, get_peft_model
 
     if adapter_dir is None:
         return (model, None) if isinstance(model, PeftModel) else (model, peft_config)
     if not isinstance(model, PeftModel):
         model = get_peft_model(model, peft_config)
-    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, weights, adapter_name="default")
+    load_trained_adapter(model, adapter_dir)
     return model, None
 
 
@@ -117,6 +126,11 @@ def run_dpo(
             callbacks=[callback],
         )
     )
+    if resume_from is not None and "ref" in trainer.model.peft_config:
+        # A checkpoint with the "ref" subfolder beside the trained adapter: transformers before
+        # 5.24 (Unsloth's and Axolotl's pins) resumes the subfolders only, which would leave
+        # the trained adapter at SFT's weights. Load it here; 5.24 loads the same weights again.
+        load_trained_adapter(trainer.model, resume_from)
     elapsed = run_trainer(trainer, callback, resume_from, cuda=cuda)
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, job.adapter_dir)
