@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 TINY = {
     "backend": "trl",
     "maxSteps": 4,
+    "dpoMaxSteps": 2,  # the default objective, sft+dpo: 4 SFT steps, then 2 DPO steps
     "evalSteps": 2,
     "saveSteps": 2,
     "batchSize": 2,
@@ -48,8 +49,10 @@ def test_full_pipeline_produces_a_working_adapter(service: Service, tiny_model: 
     assert terminal["type"] == "complete", terminal
     types = [e["type"] for e in log.events if e["type"] != "heartbeat"]
     assert types[:2] == ["export_complete", "training_start"]
-    assert types.count("progress") == 4 and types.count("eval") == 2
-    assert types.count("checkpoint") == 2 and types[-1] == "complete"
+    assert types.count("progress") == 6 and types.count("eval") == 3
+    assert types.count("checkpoint") == 3 and types[-1] == "complete"
+    stages = [(e["stage"], e["step"]) for e in log.events if e["type"] == "training_start"]
+    assert stages == [("sft", 0), ("dpo", 4)]
     assert all(e["run_id"] == run_id for e in log.events)
 
     run = _run(service, run_id)
@@ -57,14 +60,22 @@ def test_full_pipeline_produces_a_working_adapter(service: Service, tiny_model: 
     assert run["backend"] == "trl" and run["completedAt"]
     assert run["trainExamples"] > 0 and run["valExamples"] > 0
     assert run["latestEvent"]["type"] == "complete"
+    assert run["config"]["objective"] == "sft+dpo"
+    assert run["trainPairs"] > 0 and run["valPairs"] > 0
     metrics = run["metrics"]
-    assert metrics["total_steps"] == 4
+    assert metrics["total_steps"] == 6
+    assert (metrics["sft_total_steps"], metrics["dpo_total_steps"]) == (4, 2)
     assert metrics["base_val_loss"] > 0 and metrics["adapter_val_loss"] > 0
     assert metrics["final_val_loss"] == metrics["adapter_val_loss"]
+    for key in ("base", "adapter"):
+        assert 0 <= metrics[f"{key}_preference_accuracy"] <= 1
+    assert metrics["preference_pairs_evaluated"] == run["valPairs"]
 
     history = requests.get(f"{service.base_url}/api/finetune/{run_id}/events").json()["events"]
-    assert [h["step"] for h in history if h["type"] == "progress"] == [1, 2, 3, 4]
-    assert len([h for h in history if h["type"] == "eval"]) == 2
+    progress = [(h["stage"], h["step"]) for h in history if h["type"] == "progress"]
+    assert progress == [("sft", 1), ("sft", 2), ("sft", 3), ("sft", 4), ("dpo", 5), ("dpo", 6)]
+    assert all(h["rewardsMargins"] is not None for h in history if h["stage"] == "dpo")
+    assert len([h for h in history if h["type"] == "eval"]) == 3
 
     adapter = Path(run["loraPath"])
     assert adapter == service.settings.lora_output_dir / run_id
@@ -96,7 +107,10 @@ def test_full_pipeline_produces_a_working_adapter(service: Service, tiny_model: 
         assert key in manifest, key
     sha, size = folder_digest(adapter, exclude=("manifest.json",))
     assert (manifest["sha256"], manifest["sizeBytes"]) == (sha, size)
-    assert manifest["metrics"]["totalSteps"] == 4
+    assert manifest["metrics"]["totalSteps"] == 6
+    assert manifest["objective"] == "sft+dpo" and manifest["trainPairs"] == run["trainPairs"]
+    accuracy = manifest["metrics"]["adapterPreferenceAccuracy"]
+    assert accuracy == metrics["adapter_preference_accuracy"]
     assert not (service.settings.lora_output_dir / ".work" / run_id).exists()
     assert "EVENT" in Path(run["logPath"]).read_text()
 
