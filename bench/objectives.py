@@ -174,7 +174,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         model_path=Path(spec["model"]),
         train_path=export / "train.jsonl",
         val_path=export / "val_during_training.jsonl",
-        train_pairs_path=export / "train_pairs.jsonl",
+        train_pairs_path=Path(spec.get("memory_pairs") or export / "train_pairs.jsonl"),
         val_pairs_path=export / "val_pairs_during_training.jsonl",
         adapter_dir=work / "adapter",
         checkpoint_dir=work / "checkpoints",
@@ -267,9 +267,12 @@ def summarise(results: list[dict[str, Any]], base: dict[str, Any]) -> list[str]:
     lines = [
         "| objective | seeds | train s | pref. acc. % | val loss | exact match % |",
         "|---|---|---|---|---|---|",
-        f"| base model | - | - | {base['preference_accuracy'] * 100:.1f} | "
-        f"{base['val_loss']:.3f} | {base['exact_match'] * 100:.1f} |",
     ]
+    if base:
+        lines.append(
+            f"| base model | - | - | {base['preference_accuracy'] * 100:.1f} | "
+            f"{base['val_loss']:.3f} | {base['exact_match'] * 100:.1f} |"
+        )
     by_objective: dict[str, list[dict]] = {}
     for r in results:
         r["train_seconds"] = r["metrics"]["training_time_seconds"]
@@ -296,7 +299,13 @@ def summarise(results: list[dict[str, Any]], base: dict[str, Any]) -> list[str]:
 
 def reference_memory(args: argparse.Namespace, prepared: dict[str, Any], work: Path) -> None:
     """Peak RSS and s/step of a few DPO steps with the reference computed per step (adapter
-    disabled, the service's choice) and with TRL's precomputed reference log-probs."""
+    disabled, the service's choice) and with TRL's precomputed reference log-probs, on the
+    first pairs only: the precompute pass covers every training pair before the first step."""
+    pairs = Path(prepared["export"]) / "train_pairs.jsonl"
+    subset = work / "memory_pairs.jsonl"
+    lines = pairs.read_text(encoding="utf-8").splitlines()
+    batch = BASE_CONFIG["batchSize"]
+    subset.write_text("\n".join(lines[: args.memory_steps * batch]) + "\n", encoding="utf-8")
     for precompute in (False, True):
         spec = {
             **prepared,
@@ -309,6 +318,7 @@ def reference_memory(args: argparse.Namespace, prepared: dict[str, Any], work: P
             "em_questions": 0,
             "max_new_tokens": 8,
             "precompute": precompute,
+            "memory_pairs": str(subset),
         }
         result = run_child(spec, work / f"memory-{precompute}")
         metrics = result["metrics"]
@@ -346,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference-memory", action="store_true")
+    parser.add_argument("--no-base", action="store_true", help="skip the base model's row")
     parser.add_argument("--memory-steps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "objectives.json")
     args = parser.parse_args(argv)
@@ -376,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sft_step, dpo_step = calibrate(common, work)
         print(f"calibration: SFT {sft_step:.2f} s/step, DPO {dpo_step:.2f} s/step", flush=True)
-        base = run_child({**common, "objective": "base", "seed": 0, "steps": {}}, work / "base")
-        print("base:", json.dumps(base), flush=True)
+        base = {}
+        if not args.no_base:
+            base = run_child({**common, "objective": "base", "seed": 0, "steps": {}}, work / "base")
+            print("base:", json.dumps(base), flush=True)
         results = []
         for seed in args.seeds:
             once = args.first_seed_only if seed == args.seeds[0] else []

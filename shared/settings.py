@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     )
     packing: EnvBool = _env("FINETUNE_PACKING", True, "pack short examples into full rows")
     objective: f.Objective = _env(
-        "FINETUNE_OBJECTIVE", "sft+dpo", "sft, dpo or sft+dpo (SFT, then DPO on the same adapter)"
+        "FINETUNE_OBJECTIVE", "sft", "sft, dpo or sft+dpo (SFT, then DPO on the same adapter)"
     )
     dpo_beta: f.DpoBeta = _env("FINETUNE_DPO_BETA", 0.1, "DPO beta (how far from the reference)")
     dpo_epochs: f.Epochs = _env("FINETUNE_DPO_EPOCHS", 1, "passes over the preference pairs")

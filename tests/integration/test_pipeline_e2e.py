@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 TINY = {
     "backend": "trl",
     "maxSteps": 4,
-    "dpoMaxSteps": 2,  # the default objective, sft+dpo: 4 SFT steps, then 2 DPO steps
+    "objective": "sft+dpo",
+    "dpoMaxSteps": 2,  # 4 SFT steps, then 2 DPO steps
     "evalSteps": 2,
     "saveSteps": 2,
     "batchSize": 2,
