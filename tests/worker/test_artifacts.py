@@ -25,6 +25,11 @@ CONFIG = {
     "maxSteps": 3,
     "maxSeqLen": 64,
     "seed": 1,
+    "objective": "sft",
+    "dpoBeta": 0.1,
+    "dpoEpochs": 1,
+    "dpoMaxSteps": None,
+    "dpoLearningRate": 5e-5,
 }
 
 
