@@ -42,7 +42,7 @@ def dpo_arguments(job: TrainJob, *, cuda: bool, bf16: bool) -> dict[str, Any]:
     """DPOConfig keyword arguments: SFT's (precision, batch, schedule, checkpoints) with the
     DPO stage's epochs, cap, learning rate and beta, checkpointing under dpo/."""
     c = job.config
-    arguments = {k: v for k, v in sft_arguments(job, cuda=cuda, bf16=bf16).items()}
+    arguments = sft_arguments(job, cuda=cuda, bf16=bf16)
     for key in NOT_FOR_DPO:
         arguments.pop(key)
     arguments.update(

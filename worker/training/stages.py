@@ -105,8 +105,12 @@ def discard_for_retry(checkpoint_dir: Path) -> None:
     if not checkpoint_dir.is_dir():
         return
     for path in checkpoint_dir.iterdir():
-        if path.name != SFT_ADAPTER:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+        if path.name == SFT_ADAPTER:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
 
 
 @dataclass(frozen=True)
@@ -150,11 +154,11 @@ def plan(job: TrainJob) -> StagePlan:
     sft = read_sft_outcome(job.checkpoint_dir) if "sft" in wanted else None
     resume = job.resume_from
     in_dpo = resume is not None and resume.parent == dpo_checkpoint_dir(job.checkpoint_dir)
-    if "dpo" in wanted and (sft is not None or in_dpo or wanted == ("dpo",)):
-        require_pairs(job)
+    if "dpo" not in wanted:
+        return StagePlan(wanted, resume, None)
+    require_pairs(job)
+    if sft is not None or in_dpo or wanted == ("dpo",):
         return StagePlan(("dpo",), resume if in_dpo else None, sft)
-    if "dpo" in wanted:
-        require_pairs(job)
     return StagePlan(wanted, resume, None)
 
 
