@@ -6,7 +6,6 @@ export for Ollama is handed to a training worker; with OLLAMA_EXPORT=true activa
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -30,7 +29,6 @@ from shared.schemas import (
 bp = Blueprint("adapters", __name__, url_prefix="/api/adapters")
 
 HISTORY_SHOWN = 20
-SAMPLES_FILE = "samples.json"
 
 
 def _body(allowed: set[str]) -> dict[str, Any]:
@@ -86,12 +84,13 @@ def active():  # type: ignore[no-untyped-def]
 def get_adapter(adapter_id: str):  # type: ignore[no-untyped-def]
     registry = state.registry()
     adapter = registry.get(adapter_id)
-    samples_path = registry.path(adapter_id) / SAMPLES_FILE
-    try:
-        samples = json.loads(samples_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        samples = []
-    return jsonify({**adapter, "samples": samples})
+    return jsonify(
+        {
+            **adapter,
+            "samples": registry.samples(adapter_id),
+            "lineage": registry.lineage(adapter_id),
+        }
+    )
 
 
 @bp.post("/<adapter_id>/activate")

@@ -190,7 +190,7 @@ def evaluate(spec: dict[str, Any], adapter: Path | None) -> dict[str, Any]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from worker import evaluate as ev
+    from worker import inference as ev
     from worker.preference import mean_token_logps, preference_accuracy, side_examples
     from worker.scoring import score_generations
     from worker.training.data import read_jsonl
@@ -204,18 +204,20 @@ def evaluate(spec: dict[str, Any], adapter: Path | None) -> dict[str, Any]:
     started = time.monotonic()
     batching = {"max_len": BASE_CONFIG["maxSeqLen"], "batch_size": 8, "device": "cpu"}
     pairs = list(read_jsonl(export / "val_pairs.jsonl"))[: spec["eval_pairs"]]
-    chosen = ev._batches(tokenizer, side_examples(pairs, "chosen"), **batching)
-    rejected = ev._batches(tokenizer, side_examples(pairs, "rejected"), **batching)
+    chosen = ev.batches(tokenizer, side_examples(pairs, "chosen"), **batching)
+    rejected = ev.batches(tokenizer, side_examples(pairs, "rejected"), **batching)
     accuracy = preference_accuracy(
         mean_token_logps(model, chosen), mean_token_logps(model, rejected)
     )
     questions = list(read_jsonl(export / "val.jsonl"))
-    loss = ev._mean_loss(
-        model, ev._batches(tokenizer, questions[: spec["eval_questions"]], **batching)
+    loss = ev.mean_loss(
+        *ev.example_losses(
+            model, ev.batches(tokenizer, questions[: spec["eval_questions"]], **batching)
+        )
     )
     asked = questions[: spec["em_questions"]]
-    config = ev._greedy_config(model, tokenizer, spec["max_new_tokens"])
-    answers = ev._generate(model, tokenizer, asked, "cpu", batch_size=8, config=config)
+    config = ev.greedy_config(model, tokenizer, spec["max_new_tokens"])
+    answers = ev.generate(model, tokenizer, asked, "cpu", batch_size=8, config=config)
     scores = score_generations(answers, [q["output"] for q in asked])
     return {
         "preference_accuracy": accuracy,

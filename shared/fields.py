@@ -25,6 +25,9 @@ BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 Objective = Literal["sft", "dpo", "sft+dpo"]
 OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 
+# Where a run's adapter starts: a fresh LoRA, or the active adapter's weights (warm start).
+InitFrom = Literal["base", "active"]
+
 MAX_STEPS = 10_000_000  # every "every N steps" knob; beyond this a run would never end
 
 

@@ -74,6 +74,15 @@ class ManifestMetrics(BaseModel):
     adapter_preference_accuracy: float | None = None
     reference_preference_accuracy: float | None = None
     preference_pairs_evaluated: int | None = None
+    # the promotion gate's other evidence (shared/promotion.py)
+    reference_exact_match: float | None = None
+    reference_rouge_l: float | None = None
+    val_examples_evaluated: int | None = None
+    val_examples_left_out: int | None = None
+    probe_prompts: int | None = None
+    base_probe_loss: float | None = None
+    adapter_probe_loss: float | None = None
+    probe_drift: float | None = None
 
 
 def manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

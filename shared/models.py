@@ -85,6 +85,8 @@ class FineTuneRun(Base):
     current_task_id: Mapped[str | None] = mapped_column(String(64))
     # --- migration 0003: the promotion gate's decision (JSON, shared.promotion.decide) ---
     promotion: Mapped[str | None] = mapped_column(Text)
+    # --- migration 0005: the adapter this run continues (initFrom "active"), else NULL ---
+    parent_adapter: Mapped[str | None] = mapped_column(Text)
 
     def config_dict(self) -> dict[str, Any]:
         """The stored config as the API shows it (camelCase)."""

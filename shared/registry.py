@@ -35,6 +35,7 @@ from shared.fsutil import folder_digest, write_json_atomic
 from shared.names import ErrorCode
 
 MANIFEST = "manifest.json"
+SAMPLES_FILE = "samples.json"  # held-out answers side by side (worker/pipeline.py writes it)
 ACTIVE_FILE = "active.json"
 LOCK_FILE = ".registry.lock"
 EXPORTS_DIR = "exports"  # derived files (GGUF); not covered by the adapter's sha256
@@ -151,6 +152,31 @@ class AdapterRegistry:
             {**manifest, "id": i, "isActive": i == active, "path": str(self.root / i)}
             for i, manifest in self._manifests()
         ]
+
+    def samples(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The held-out answers side by side (samples.json); empty when unreadable."""
+        try:
+            rows = json.loads((self.path(adapter_id) / SAMPLES_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
+    def lineage(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The adapters a warm-started one continued, parent first: manifest "parentAdapter"
+        followed until none; a deleted one is `missing` and ends the chain, as a cycle does."""
+        chain: list[dict[str, Any]] = []
+        seen = {adapter_id}
+        parent = self.get(adapter_id).get("parentAdapter")
+        while isinstance(parent, str) and parent and parent not in seen:
+            seen.add(parent)
+            try:
+                manifest = self.get(parent)
+            except AdapterError:  # deleted, or not an adapter id
+                chain.append({"id": parent, "createdAt": None, "missing": True})
+                break
+            chain.append({"id": parent, "createdAt": manifest.get("createdAt"), "missing": False})
+            parent = manifest.get("parentAdapter")
+        return chain
 
     def active(self) -> dict[str, Any] | None:
         adapter_id = self.active_id()

@@ -16,6 +16,7 @@ API can answer 400 naming each of them:
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -103,6 +104,13 @@ class FineTuneConfig(BaseModel):
     max_pairs_per_prompt: f.PairsPerPrompt | None = Field(
         default=None, description="Preference pairs kept per instruction (null: all)"
     )
+    # Not from a setting: FINETUNE_INIT_FROM decides for scheduled runs (shared/warm_start.py),
+    # and a run asked for by hand starts fresh unless it says otherwise.
+    init_from: f.InitFrom = Field(
+        default="base",
+        description="base: a fresh adapter; active: continue the active adapter on the traces "
+        "it has not trained on, plus FINETUNE_REPLAY_RATIO older ones per new one",
+    )
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -146,7 +154,9 @@ def markdown_table() -> str:
     lines = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
     for name, info in FIELDS.items():
         setting = Settings.model_fields.get(SETTING_FOR.get(name, name))
-        default = "null" if setting is None else f"`{setting.validation_alias}`"
+        default = (
+            f"`{json.dumps(info.default)}`" if setting is None else f"`{setting.validation_alias}`"
+        )
         allowed = f.allowed(info).removeprefix("must be ")
         lines.append(f"| `{info.alias}` | {default} | {allowed} | {info.description} |")
     return "\n".join(lines)

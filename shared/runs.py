@@ -36,6 +36,7 @@ from shared.run_config import FineTuneConfig, build_config
 from shared.schemas import ProgressPoint, RunOut
 from shared.settings import Settings
 from shared.traces import PAIRS_HELP, TraceStore
+from shared.warm_start import parent_adapter
 
 
 class RunNotFoundError(LookupError):
@@ -89,6 +90,7 @@ def run_to_dict(run: FineTuneRun) -> dict[str, Any]:
         val_examples=run.val_examples,
         train_pairs=run.train_pairs,
         val_pairs=run.val_pairs,
+        parent_adapter=run.parent_adapter,
         lora_path=run.lora_path,
         config=run.config_dict(),
         metrics=run.metrics_dict(),
@@ -280,6 +282,7 @@ class FineTuneManager:
         Raises ConfigError (400), RunConflictError (409), InsufficientDataError (422).
         """
         config: FineTuneConfig = build_config(self.settings, overrides)
+        parent = parent_adapter(self.settings, config)
         active = self.active_run()
         if active is not None:
             raise RunInProgressError("A fine-tune run is already in progress", active.id)
@@ -301,6 +304,7 @@ class FineTuneManager:
             backend=config.backend,
             config=json.dumps(config.to_dict()),
             active_slot=1,
+            parent_adapter=parent,
         )
         run.log_path = str(self.settings.log_dir / f"{run.id}.log")
         try:

@@ -25,8 +25,10 @@ from sqlalchemy import select
 from shared.errors import InsufficientDataError
 from shared.models import FineTuneRun
 from shared.names import STATUS_COMPLETED
+from shared.run_config import build_config
 from shared.runs import FineTuneManager, RunConflictError
 from shared.settings import Settings
+from shared.warm_start import scheduled_overrides
 
 LAST_DECISION_KEY = "finetune:schedule:last"
 TICK_CLAIM_PREFIX = "finetune:schedule:tick:"
@@ -94,7 +96,8 @@ def scheduled_tick(manager: FineTuneManager, now: datetime | None = None) -> dic
     reason = check_conditions(manager)
     if reason is None:
         try:
-            run = manager.start({}, triggered_by="scheduled")
+            warm = scheduled_overrides(manager.settings, build_config(manager.settings))
+            run = manager.start(warm, triggered_by="scheduled")
         except (RunConflictError, InsufficientDataError) as exc:
             reason = str(exc)
         else:

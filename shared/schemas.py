@@ -76,10 +76,15 @@ class RunOut(Body):
     val_examples: int | None
     train_pairs: int | None = Field(description="Preference pairs exported for training (DPO)")
     val_pairs: int | None = Field(description="Preference pairs held out (preference accuracy)")
+    parent_adapter: str | None = Field(
+        None, description="The adapter this run continues training (initFrom active)"
+    )
     lora_path: str | None
     config: Json = Field(description="The run's FineTuneConfig, as stored when it started")
     metrics: Json | None = Field(description="Seed §5.1 metrics (snake_case) once trained")
-    promotion: Json | None = Field(description="The promotion gate's decision")
+    promotion: Json | None = Field(
+        description="The promotion gate's decision, each criterion with its numbers"
+    )
     error_message: str | None
     error_code: str | None
     cancel_requested: bool
@@ -172,6 +177,7 @@ class AdapterOut(Body):
     objective: str | None = Field(None, description="sft, dpo or sft+dpo (null: before DPO)")
     train_pairs: int | None = None
     val_pairs: int | None = None
+    parent_adapter: str | None = Field(None, description="The adapter it continued (warm start)")
     is_active: bool
     tags: list[str] = []
     size_bytes: int | None = None
@@ -185,8 +191,19 @@ class AdapterOut(Body):
     error: str | None = Field(None, description="Set when manifest.json cannot be read")
 
 
+class LineageEntry(Body):
+    id: str
+    created_at: str | None
+    missing: bool = Field(description="Deleted since: the chain ends here")
+
+
 class AdapterDetail(AdapterOut):
-    samples: list[Json] = Field(description="Held-out answers of base and adapter")
+    samples: list[Json] = Field(
+        description="Held-out answers of base, adapter and the adapter active then"
+    )
+    lineage: list[LineageEntry] = Field(
+        description="The adapters it continued (warm start), parent first"
+    )
 
 
 class AdapterPage(Body):

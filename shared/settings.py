@@ -204,6 +204,30 @@ class Settings(BaseSettings):
     promote_min_delta: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = _env(
         "FINETUNE_PROMOTE_MIN_DELTA", 0.01, "validation-loss gain an adapter needs to activate"
     )
+    promote_confidence: Annotated[float, Field(ge=0.5, lt=1, allow_inf_nan=False)] = _env(
+        "FINETUNE_PROMOTE_CONFIDENCE", 0.95, "confidence of the gate's paired bootstrap interval"
+    )
+    promote_resamples: Annotated[int, Field(ge=100, le=1_000_000)] = _env(
+        "FINETUNE_PROMOTE_RESAMPLES", 2000, "bootstrap resamples behind that interval"
+    )
+    promote_max_em_drop: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = _env(
+        "FINETUNE_PROMOTE_MAX_EM_DROP", 0.1, "exact match (or ROUGE-L) the gate lets fall"
+    )
+    promote_max_drift: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = _env(
+        "FINETUNE_PROMOTE_MAX_DRIFT", 0.5, "forgetting-probe loss rise (nats/token) allowed"
+    )
+    probe_prompts: Annotated[int, Field(ge=0, le=240)] = _env(
+        "FINETUNE_PROBE_PROMPTS", 120, "general prompts in the forgetting probe, of 240 (0: off)"
+    )
+    probe_max_new_tokens: Annotated[int, Field(ge=8, le=1024)] = _env(
+        "FINETUNE_PROBE_MAX_NEW_TOKENS", 48, "length of the base model's probe answers"
+    )
+    scheduled_init_from: f.InitFrom = _env(
+        "FINETUNE_INIT_FROM", "active", "scheduled runs: continue the active adapter, or base"
+    )
+    replay_ratio: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = _env(
+        "FINETUNE_REPLAY_RATIO", 0.5, "warm start: older examples replayed per new one"
+    )
     auto_activate: EnvBool = _env(
         "FINETUNE_AUTO_ACTIVATE", True, "activate an adapter that passes the gate"
     )

@@ -191,6 +191,16 @@ class TraceStore:
         with self.connect(create=True) as db:
             return db.execute(query, (min_quality,)).fetchone()[0]
 
+    def fine_tune_queries(self, min_quality: float) -> Iterator[str]:
+        """The queries of get_fine_tune_traces, in the same order, without their rounds."""
+        query = """
+            SELECT query FROM traces WHERE quality_score >= ?
+            ORDER BY quality_score DESC, created_at DESC, id
+        """
+        with self.connect() as db:
+            for (text,) in db.execute(query, (min_quality,)):
+                yield text
+
     def get_fine_tune_traces(self, min_quality: float) -> Iterator[Trace]:
         """Traces with quality >= `min_quality`, best first, each with its rounds, streamed."""
         query = """

@@ -19,6 +19,7 @@ def make_adapter(
     val_loss: float = 1.0,
     tags: list[str] | None = None,
     metrics: dict | None = None,
+    config: dict | None = None,
 ) -> Path:
     staging = root / ".work" / adapter_id / "adapter"
     staging.mkdir(parents=True)
@@ -31,5 +32,6 @@ def make_adapter(
         "isActive": False,
         "tags": tags or [],
         "metrics": {"adapterValLoss": val_loss, **(metrics or {})},
+        **({"config": config} if config is not None else {}),
     }
     return publish(staging, root / adapter_id, manifest)

@@ -6,6 +6,7 @@ which has only shared/'s lowest layer (settings): database imports stay inside t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -30,6 +31,9 @@ def make_settings(root: Path, **overrides: object) -> Settings:
         log_dir=root / "finetune_logs",
         model_cache_dir=root / "models",
         min_traces=10,
+        # a short forgetting probe: a tiny model's answers, generated once per test's cache
+        probe_prompts=8,
+        probe_max_new_tokens=16,
     )
     return base.replace(**overrides)
 
@@ -87,3 +91,21 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=timeout,
     )
+
+
+def pipeline_run(rt: Any, config: dict, run_id: str = "run_abc123", **columns: Any) -> str:
+    """A running-to-be run row for the pipeline steps (as FineTuneManager.start records it)."""
+    from shared.models import FineTuneRun
+
+    with rt.db.session() as session:
+        session.add(
+            FineTuneRun(
+                id=run_id,
+                base_model=config["baseModel"],
+                config=json.dumps(config),
+                active_slot=1,
+                log_path=str(rt.settings.log_dir / f"{run_id}.log"),
+                **columns,
+            )
+        )
+    return run_id

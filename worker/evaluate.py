@@ -21,96 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import OutOfMemoryError
+from worker import trained_set
+from worker.inference import batches, example_losses, generate, greedy_config, mean_loss
 from worker.preference import mean_token_logps, preference_accuracy, side_examples
+from worker.probe.drift import ProbeSpec, probe_drift
 from worker.scoring import score_generations
-from worker.training.data import answer_only_example, prompt_ids, read_jsonl
+from worker.training.data import read_jsonl
 
 MAX_NEW_TOKENS = 96
 GENERATION_BATCH_SIZE = 8
 CANDIDATE = "default"  # PEFT's name for the adapter loaded first
 REFERENCE = "reference"
-
-
-def _mean_loss(model: Any, batches: list[tuple[Any, Any, Any]]) -> float:
-    import torch
-
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for input_ids, attention, labels in batches:
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
-            target = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)).float(),
-                target.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-            total += float(loss)
-            tokens += int((target != -100).sum())
-    return total / max(tokens, 1)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _batches(
-    tokenizer: Any, examples: list[dict], max_len: int, batch_size: int, device: str
-) -> list[tuple[Any, Any, Any]]:
-    import torch
-
-    pad = _pad_id(tokenizer)
-    encoded = [answer_only_example(tokenizer, e, max_len) for e in examples]
-    batches = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = [i + [pad] * (width - len(i)) for i, _ in chunk]
-        labels = [lab + [-100] * (width - len(lab)) for _, lab in chunk]
-        mask = [[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk]
-        batches.append(tuple(torch.tensor(t, device=device) for t in (ids, mask, labels)))
-    return batches
-
-
-def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
-    """Greedy decoding that stops at the tokenizer's EOS or the model's own (chat end) token."""
-    import copy
-
-    config = copy.deepcopy(model.generation_config)
-    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    stops = sorted({t for t in [*stops, tokenizer.eos_token_id] if t is not None})
-    config.update(
-        do_sample=False,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=_pad_id(tokenizer),
-    )
-    return config
-
-
-def _generate(
-    model: Any, tokenizer: Any, examples: list[dict], device: str, *, batch_size: int, config: Any
-) -> list[str]:
-    """Greedy answers, `batch_size` prompts at a time, left-padded so all answers start together."""
-    import torch
-
-    prompts = [prompt_ids(tokenizer, e) for e in examples]
-    pad = _pad_id(tokenizer)
-    answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        answers += [
-            tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, width:]
-        ]
-    return answers
 
 
 def _load_model(model_path: Path, adapter_dir: Path, reference_adapter_dir: Path | None) -> Any:
@@ -153,17 +74,30 @@ def _check_args(
             )
 
 
-def _losses(model: Any, batches: list, with_reference: bool) -> dict[str, Any]:
-    """Loss fields for the candidate, the reference (None without one) and the bare base model."""
+def _losses(model: Any, batched: list, with_reference: bool) -> dict[str, Any]:
+    """Loss fields for the candidate, the reference (None without one) and the bare base model,
+    and under "per_example" each example's summed loss for the gate's paired statistics."""
     base, adapter, reference = _with_each_model(
-        model, with_reference, lambda: _mean_loss(model, batches)
+        model, with_reference, lambda: example_losses(model, batched)
     )
+    tokens = adapter[1]
+
+    def mean(measured: tuple[list[float], list[int]] | None) -> float | None:
+        return None if measured is None else round(mean_loss(measured[0], tokens), 6)
+
+    base_loss, adapter_loss = mean(base), mean(adapter)
     return {
-        "base_val_loss": round(base, 6),
-        "adapter_val_loss": round(adapter, 6),
-        "reference_val_loss": None if reference is None else round(reference, 6),
-        "base_perplexity": round(math.exp(min(base, 50)), 4),
-        "adapter_perplexity": round(math.exp(min(adapter, 50)), 4),
+        "base_val_loss": base_loss,
+        "adapter_val_loss": adapter_loss,
+        "reference_val_loss": mean(reference),
+        "base_perplexity": round(math.exp(min(base_loss, 50)), 4),
+        "adapter_perplexity": round(math.exp(min(adapter_loss, 50)), 4),
+        "per_example": {
+            "tokens": tokens,
+            "base": base[0],
+            "adapter": adapter[0],
+            "reference": None if reference is None else reference[0],
+        },
     }
 
 
@@ -184,8 +118,8 @@ def _preferences(
     model: Any, tokenizer: Any, pairs: list[dict], batching: dict[str, Any], with_reference: bool
 ) -> dict[str, Any]:
     """Preference accuracy of base, adapter and reference on the held-out pairs."""
-    chosen = _batches(tokenizer, side_examples(pairs, "chosen"), **batching)
-    rejected = _batches(tokenizer, side_examples(pairs, "rejected"), **batching)
+    chosen = batches(tokenizer, side_examples(pairs, "chosen"), **batching)
+    rejected = batches(tokenizer, side_examples(pairs, "rejected"), **batching)
 
     def accuracy() -> float | None:
         return preference_accuracy(
@@ -203,21 +137,41 @@ def _preferences(
     }
 
 
+def _answers(
+    model: Any, tokenizer: Any, asked: list[dict], with_reference: bool, options: dict[str, Any]
+) -> tuple[list[str], list[str], list[str] | None]:
+    """Greedy answers of the base model, the candidate and the reference (None without one)."""
+    return _with_each_model(
+        model, with_reference, lambda: generate(model, tokenizer, asked, **options)
+    )
+
+
 def _generation_fields(
-    examples: list[dict], base_answers: list[str], adapter_answers: list[str], keep: int
+    examples: list[dict],
+    answers: tuple[list[str], list[str], list[str] | None],
+    keep: int,
 ) -> dict[str, Any]:
+    base_answers, adapter_answers, reference_answers = answers
     references = [e["output"] for e in examples]
     base = score_generations(base_answers, references)
     adapter = score_generations(adapter_answers, references)
+    active = score_generations(reference_answers, references) if reference_answers else None
+    active_rows = (
+        zip(reference_answers, active["scores"], strict=True)
+        if active and reference_answers
+        else [(None, None)] * len(examples)
+    )
     columns = (examples, base_answers, adapter_answers, base["scores"], adapter["scores"])
-    rows = list(zip(*columns, strict=True))[:keep]
+    rows = list(zip(*columns, active_rows, strict=True))[:keep]
     return {
         "generation_examples": len(examples),
         "base_exact_match": base["exact_match"],
         "adapter_exact_match": adapter["exact_match"],
+        "reference_exact_match": active["exact_match"] if active else None,
         "exact_match_examples": base["exact_match_examples"],
         "base_rouge_l": base["rouge_l"],
         "adapter_rouge_l": adapter["rouge_l"],
+        "reference_rouge_l": active["rouge_l"] if active else None,
         "rouge_l_examples": base["rouge_l_examples"],
         "samples": [
             {
@@ -227,10 +181,20 @@ def _generation_fields(
                 "adapter": a,
                 "baseScore": bs,
                 "adapterScore": ads,
+                "active": active_answer,
+                "activeScore": active_score,
             }
-            for e, b, a, bs, ads in rows
+            for e, b, a, bs, ads, (active_answer, active_score) in rows
         ],
     }
+
+
+def _held_out(rows: list[dict], exclude: set[bytes] | None) -> tuple[list[dict], int]:
+    """The rows whose instruction no compared adapter trained on, and how many were left out."""
+    if not exclude:
+        return rows, 0
+    kept = [row for row in rows if trained_set.key(row["instruction"]) not in exclude]
+    return kept, len(rows) - len(kept)
 
 
 def evaluate_adapter(
@@ -247,12 +211,16 @@ def evaluate_adapter(
     max_new_tokens: int = MAX_NEW_TOKENS,
     generation_batch_size: int = GENERATION_BATCH_SIZE,
     val_pairs_path: Path | None = None,
+    exclude: set[bytes] | None = None,
+    probe: ProbeSpec | None = None,
 ) -> dict[str, Any]:
     """Validation loss/perplexity of base, adapter (and reference adapter) + generation scores,
     and preference accuracy on `val_pairs_path`'s pairs (None values without pairs).
 
-    `samples` held-out questions are answered (0 skips generation: its scores are then None);
-    `keep_samples` of them come back as side-by-side rows under "samples".
+    Held-out rows whose instruction key is in `exclude` (what the reference or the candidate's
+    parent trained on) are left out of every figure. `samples` held-out questions are answered
+    (0 skips generation: its scores are then None); `keep_samples` of them come back as
+    side-by-side rows under "samples". With `probe`, the forgetting probe's losses are added.
     """
     import torch
 
@@ -266,26 +234,26 @@ def evaluate_adapter(
         tokenizer.pad_token = tokenizer.eos_token
     model = _load_model(model_path, adapter_dir, reference_adapter_dir)
     device = str(model.device)
-    examples = list(read_jsonl(val_path))
+    examples, left_out = _held_out(list(read_jsonl(val_path)), exclude)
     pairs = list(read_jsonl(val_pairs_path)) if val_pairs_path and val_pairs_path.is_file() else []
+    pairs, _ = _held_out(pairs, exclude)
     asked = examples[:samples]
-    config = _greedy_config(model, tokenizer, max_new_tokens)
-    generate = {"device": device, "batch_size": generation_batch_size, "config": config}
+    with_reference = reference_adapter_dir is not None
+    config = greedy_config(model, tokenizer, max_new_tokens)
+    options = {"device": device, "batch_size": generation_batch_size, "config": config}
+    batching = {"max_len": max_len, "batch_size": batch_size, "device": device}
     try:
-        batching = {"max_len": max_len, "batch_size": batch_size, "device": device}
-        batches = _batches(tokenizer, examples, **batching)
-        losses = _losses(model, batches, reference_adapter_dir is not None)
-        preferences = _preferences(
-            model, tokenizer, pairs, batching, reference_adapter_dir is not None
-        )
-        with model.disable_adapter():
-            base_answers = _generate(model, tokenizer, asked, **generate)
-        adapter_answers = _generate(model, tokenizer, asked, **generate)
+        losses = _losses(model, batches(tokenizer, examples, **batching), with_reference)
+        preferences = _preferences(model, tokenizer, pairs, batching, with_reference)
+        answers = _answers(model, tokenizer, asked, with_reference, options)
+        drift = probe_drift(model, tokenizer, model_path, probe, batching) if probe else {}
     except torch.OutOfMemoryError as exc:
         raise OutOfMemoryError(f"Out of memory during evaluation: {exc}") from exc
     return {
         **losses,
         **preferences,
+        **drift,
         "val_examples_evaluated": len(examples),
-        **_generation_fields(asked, base_answers, adapter_answers, keep_samples),
+        "val_examples_left_out": left_out,
+        **_generation_fields(asked, answers, keep_samples),
     }

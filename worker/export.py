@@ -15,10 +15,12 @@ worker/pairs.py), each pair in the split of its instruction. Prints {"type": "ex
 "train_count": 89, "val_count": 10, "train_pairs": 150, "val_pairs": 17, ...} and exits 0, or
 exits 2 when there are too few examples (no pairs is fine: SFT needs none).
 
-Rows are streamed best-first: a duplicate instruction seen later is a lower-quality version and
-is dropped (its pairs too), so only a set of 16-byte hashes grows with the database. The split
-is decided per instruction by a seeded hash: deterministic, and no instruction can land in both
-splits. Files are written into a temporary folder that is renamed into place.
+Two passes. The first reads the queries only and plans the split (worker/export_plan.py):
+near-duplicate instructions form one group, and a group lands in one split, decided by a
+seeded hash of its best instruction: deterministic, and no question is trained on while a
+near-copy of it is held out. The second streams the traces best-first: a duplicate
+instruction seen later is a lower-quality version and is dropped (its pairs too). Files are
+written into a temporary folder that is renamed into place.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ from shared.events import Emitter, stdout_sink, utc_timestamp
 from shared.fsutil import write_json_atomic
 from shared.names import ErrorCode, ExitCode
 from shared.traces import Trace, TraceStore
+from worker.export_plan import SplitPlan, instruction_hash, is_validation, plan_splits
 from worker.pairs import preference_pairs
 
-SPLIT_BUCKETS = 1_000_000
 SPLITS = ("train", "val")
 
 
@@ -60,6 +62,7 @@ class ExportResult:
     val_pairs: int
     train_pairs_path: Path
     val_pairs_path: Path
+    eligible: int = 0
 
 
 def format_as_alpaca(trace: Trace) -> dict[str, str]:
@@ -72,10 +75,6 @@ def format_as_alpaca(trace: Trace) -> dict[str, str]:
     return {"instruction": trace.query, "input": "\n".join(parts), "output": trace.final_answer}
 
 
-def instruction_hash(instruction: str) -> bytes:
-    return hashlib.sha256(" ".join(instruction.split()).lower().encode()).digest()[:16]
-
-
 def deduplicate(traces: Iterable[Trace]) -> Iterator[Trace]:
     """Drop repeated instructions. Input must come best-first (TraceStore orders it so), so the
     first version seen is the highest-quality one."""
@@ -85,12 +84,6 @@ def deduplicate(traces: Iterable[Trace]) -> Iterator[Trace]:
         if key not in seen:
             seen.add(key)
             yield trace
-
-
-def is_validation(instruction: str, val_ratio: float, seed: int) -> bool:
-    """Deterministic per-instruction split: the same instruction always lands on the same side."""
-    digest = hashlib.sha256(f"{seed}:{' '.join(instruction.split()).lower()}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % SPLIT_BUCKETS < val_ratio * SPLIT_BUCKETS
 
 
 def split_train_val(
@@ -149,40 +142,37 @@ class _SplitFiles:
 
 
 def _write_splits(
-    traces: Iterable[Trace], out: _SplitFiles, *, val_split: float, seed: int, max_pairs: int | None
-) -> tuple[str, int]:
-    """Stream traces into their split; returns (sha256 of their ids, traces with a verdict).
+    traces: Iterable[Trace], out: _SplitFiles, plan: SplitPlan, max_pairs: int | None
+) -> tuple[str, int, int]:
+    """Stream traces into their split; returns (sha256 of their ids, traces with a verdict,
+    traces a warm start left out: its parent trained on them and they were not replayed).
 
-    Only one trace's lines are ever held: the last train one, moved to val (its pairs with it,
-    so no val instruction is in a train pair) if val would otherwise stay empty."""
+    Streamed: one trace's lines at a time."""
     ids = hashlib.sha256()
-    with_verdicts = 0
-    held: _Staged | None = None
+    with_verdicts = left_out = 0
     for trace in traces:
+        key = instruction_hash(trace.query)
+        if not plan.keeps(key):
+            left_out += 1
+            continue
         ids.update(trace.id.encode() + b"\0")
         with_verdicts += any(r.verdict is not None for r in trace.rounds)
-        staged = _stage(trace, max_pairs)
-        if is_validation(trace.query, val_split, seed):
-            out.write("val", staged)
-            continue
-        if held is not None:
-            out.write("train", held)
-        held = staged
-    if held is not None:
-        # moved only when another train example stays behind
-        move = out.example_count["val"] == 0 and out.example_count["train"] > 0
-        out.write("val" if move else "train", held)
-    return ids.hexdigest(), with_verdicts
+        out.write("val" if key in plan.val else "train", _stage(trace, max_pairs))
+    return ids.hexdigest(), with_verdicts, left_out
 
 
 def _manifest(
-    store: TraceStore, result: ExportResult, settings: dict[str, Any], with_verdicts: int
+    store: TraceStore,
+    result: ExportResult,
+    settings: dict[str, Any],
+    with_verdicts: int,
+    plan: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "createdAt": utc_timestamp(),
         "db": str(store.path),
         **settings,
-        "eligibleTraces": result.traces_used + result.duplicates_removed,
+        "eligibleTraces": result.eligible,
         "duplicatesRemoved": result.duplicates_removed,
         "trainCount": result.train_count,
         "valCount": result.val_count,
@@ -190,9 +180,33 @@ def _manifest(
         "valPairs": result.val_pairs,
         # which rule chose the rejected answers: a trace's verdicts when it has any (pairs.py)
         "tracesWithVerdicts": with_verdicts,
+        **plan,
         "traceIdsSha256": result.traces_sha256,
         "format": "alpaca",
     }
+
+
+def _too_few(
+    out: _SplitFiles, plan: SplitPlan, min_quality: float, min_examples: int, parent: str | None
+) -> InsufficientDataError | None:
+    train, val = out.example_count["train"], out.example_count["val"]
+    if plan.warm and plan.new_train == 0:
+        return InsufficientDataError(
+            f"Nothing new to continue adapter {parent} with: it trained on every eligible "
+            f"instruction with quality >= {min_quality} ({len(plan.old)}). Import new traces, "
+            'or start from the base model (initFrom "base")',
+            current=0,
+            required=1,
+        )
+    total = train + val
+    if total < min_examples or train == 0 or val == 0:
+        return InsufficientDataError(
+            f"Too few examples to train: {total} unique traces with quality >= {min_quality}"
+            f" (train {train}, val {val}); need at least {min_examples}",
+            current=total,
+            required=min_examples,
+        )
+    return None
 
 
 def export_traces(
@@ -204,59 +218,68 @@ def export_traces(
     seed: int,
     min_examples: int = 2,
     max_pairs_per_prompt: int | None = None,
+    parent_adapter: str | None = None,
+    parent_keys: set[bytes] | None = None,
+    replay_ratio: float = 0.0,
 ) -> ExportResult:
     """Stream eligible traces into train.jsonl / val.jsonl and their preference pairs into
     train_pairs.jsonl / val_pairs.jsonl under `output_dir` (atomically). No pairs is no error:
-    SFT needs none, and the pair files are then empty."""
+    SFT needs none, and the pair files are then empty.
+
+    A warm start (`parent_keys`: what `parent_adapter` trained on) exports what the parent has
+    not trained on plus `replay_ratio` replayed old examples per new one (export_plan.py)."""
     if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
         raise ValueError(f"max_pairs_per_prompt must be positive, not {max_pairs_per_prompt}")
+    eligible = store.count_fine_tune_traces(min_quality)
+    plan = plan_splits(
+        store.fine_tune_queries(min_quality),
+        val_split=val_split,
+        seed=seed,
+        parent_keys=parent_keys,
+        replay_ratio=replay_ratio,
+    )
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         with ExitStack() as stack:
             out = _SplitFiles(staging, stack)
-            traces_sha256, with_verdicts = _write_splits(
+            traces_sha256, with_verdicts, left_out = _write_splits(
                 deduplicate(store.get_fine_tune_traces(min_quality)),
                 out,
-                val_split=val_split,
-                seed=seed,
-                max_pairs=max_pairs_per_prompt,
+                plan,
+                max_pairs_per_prompt,
             )
+        problem = _too_few(out, plan, min_quality, min_examples, parent_adapter)
+        if problem is not None:
+            raise problem
         train_count, val_count = out.example_count["train"], out.example_count["val"]
-        total = train_count + val_count
-        eligible = store.count_fine_tune_traces(min_quality)
-        duplicates = eligible - total
-        if total < min_examples or train_count == 0 or val_count == 0:
-            raise InsufficientDataError(
-                f"Too few examples to train: {total} unique traces with quality >= {min_quality}"
-                f" (train {train_count}, val {val_count}); need at least {min_examples}",
-                current=total,
-                required=min_examples,
-            )
         result = ExportResult(
             output_dir=output_dir,
             train_path=output_dir / "train.jsonl",
             val_path=output_dir / "val.jsonl",
             train_count=train_count,
             val_count=val_count,
-            traces_used=eligible - duplicates,
-            duplicates_removed=duplicates,
+            traces_used=train_count + val_count,
+            duplicates_removed=max(eligible - train_count - val_count - left_out, 0),
             traces_sha256=traces_sha256,
             train_pairs=out.pair_count["train"],
             val_pairs=out.pair_count["val"],
             train_pairs_path=output_dir / "train_pairs.jsonl",
             val_pairs_path=output_dir / "val_pairs.jsonl",
+            eligible=eligible,
         )
         settings = {
             "minQuality": min_quality,
             "valSplit": val_split,
             "seed": seed,
             "maxPairsPerPrompt": max_pairs_per_prompt,
+            "parentAdapter": parent_adapter,
         }
-        write_json_atomic(
-            staging / "export_manifest.json", _manifest(store, result, settings, with_verdicts)
+        manifest = _manifest(
+            store, result, settings, with_verdicts, plan.manifest(replay_ratio, left_out)
         )
+        write_json_atomic(staging / "export_manifest.json", manifest)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,10 @@ from shared.names import (
     STATUS_RUNNING,
     ErrorCode,
 )
+from shared.registry import SAMPLES_FILE
 from shared.runs import RunNotFoundError
 from shared.traces import TraceStore
+from worker.parent import parent_dir, parent_keys, trained_sets
 from worker.runtime import Runtime, runtime
 from worker.training.artifacts import RunPaths
 
@@ -123,6 +125,7 @@ def export_step(run_id: str) -> dict[str, Any]:
 
         config = run.run_config()
         output_dir = rt.settings.temp_dir / run.id
+        parent = run.parent_adapter
         result = export_traces(
             TraceStore(rt.settings.traces_db_path),
             min_quality=config.min_quality_score,
@@ -130,6 +133,9 @@ def export_step(run_id: str) -> dict[str, Any]:
             val_split=config.val_split,
             seed=config.seed,
             max_pairs_per_prompt=config.max_pairs_per_prompt,
+            parent_adapter=parent,
+            parent_keys=parent_keys(rt.settings, parent) if parent else None,
+            replay_ratio=rt.settings.replay_ratio,
         )
         rt.runs.update(
             run.id,
@@ -190,6 +196,9 @@ def train_step(run_id: str) -> dict[str, Any]:
             torch_threads=rt.settings.torch_threads,
             resume_from=resume.checkpoint if resume else None,
             python_path=rt.settings.python_path,
+            init_adapter=parent_dir(rt.settings, run.parent_adapter)
+            if run.parent_adapter
+            else None,
         )
         if config.needs_pairs:
             require_pairs(job)  # INSUFFICIENT_DATA before a model loads
@@ -264,20 +273,26 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
     def body(rt: Runtime, run: FineTuneRun, emitter: Emitter) -> dict[str, Any]:
         from shared.registry import AdapterRegistry
         from worker.evaluate import evaluate_adapter
-        from worker.promote import gate_and_deliver, reference_adapter
+        from worker.probe.drift import ProbeSpec
+        from worker.promote import evidence, gate_and_deliver, reference_adapter
         from worker.provenance import provenance
         from worker.training.models import resolve_model
 
         config = run.run_config()
-        paths = RunPaths(rt.settings.lora_output_dir, run.id)
+        settings = rt.settings
+        paths = RunPaths(settings.lora_output_dir, run.id)
         export_dir = Path(run.export_dir or "")
         # the same copy training used (Unsloth's pre-quantized repository where it trained)
         model_path = resolve_model(
-            config.base_model, rt.settings.model_cache_dir, run.backend or "trl"
+            config.base_model, settings.model_cache_dir, run.backend or "trl"
         )
-        registry = AdapterRegistry(rt.settings.lora_output_dir)
+        registry = AdapterRegistry(settings.lora_output_dir)
         active_before = registry.active_id()
         reference_id, reference_dir = reference_adapter(registry, run.base_model)
+        trained, exclude, reference_known = trained_sets(settings, run, export_dir, reference_dir)
+        probe = ProbeSpec(
+            settings.probe_prompts, settings.probe_max_new_tokens, settings.model_cache_dir
+        )
         evaluation = evaluate_adapter(
             model_path,
             paths.staging_dir,
@@ -285,27 +300,31 @@ def evaluate_step(run_id: str) -> dict[str, Any]:
             max_len=config.max_seq_len,
             batch_size=config.batch_size,
             samples=config.eval_samples,
-            torch_threads=rt.settings.torch_threads,
+            torch_threads=settings.torch_threads,
             reference_adapter_dir=reference_dir,
-            max_new_tokens=rt.settings.eval_max_new_tokens,
+            max_new_tokens=settings.eval_max_new_tokens,
             val_pairs_path=export_dir / "val_pairs.jsonl",
+            exclude=exclude,
+            probe=probe if settings.probe_prompts else None,
         )
         if rt.cancel_requested(run.id):
             raise CancelledError()
-        trained = json.loads((paths.staging_dir / "training_args.json").read_text())
+        per_example = evaluation.pop("per_example")
+        trained_args = json.loads((paths.staging_dir / "training_args.json").read_text())
         source = provenance(
             export_dir=export_dir,
             model_path=model_path,
             seed=config.seed,
-            training_libraries=trained.get("libraries"),
+            training_libraries=trained_args.get("libraries"),
         )
-        final, metrics = _publish(rt, run, paths, evaluation, source)
+        final, metrics = _publish(rt, run, paths, evaluation, source, trained)
         promotion = gate_and_deliver(
-            rt.settings,
+            settings,
             run.id,
-            metrics,
+            evidence(metrics, per_example, reference_trained_set_known=reference_known),
             reference_id=reference_id,
             active_before=active_before,
+            seed=config.seed,
         )
         rt.runs.finish(
             run.id,
@@ -332,8 +351,11 @@ def _publish(
     paths: RunPaths,
     evaluation: dict[str, Any],
     source: dict[str, Any],
+    trained: set[bytes],
 ) -> tuple[Path, dict[str, Any]]:
-    """Write the evaluation into the staging folder, seal it and rename it into place."""
+    """Write the evaluation and what the adapter trained on into the staging folder, seal it
+    and rename it into place."""
+    from worker import trained_set
     from worker.training import artifacts
 
     samples = evaluation.pop("samples")
@@ -343,7 +365,8 @@ def _publish(
     metrics["best_val_loss"] = min(best) if best else None
     training_args = json.loads((paths.staging_dir / "training_args.json").read_text())
     artifacts.write_training_files(paths.staging_dir, training_args, metrics)
-    write_json_atomic(paths.staging_dir / "samples.json", samples)
+    write_json_atomic(paths.staging_dir / SAMPLES_FILE, samples)
+    trained_set.write(paths.staging_dir, trained)
     manifest = artifacts.build_manifest(
         run_id=run.id,
         base_model=run.base_model,
@@ -356,6 +379,7 @@ def _publish(
         train_pairs=run.train_pairs or 0,
         val_pairs=run.val_pairs or 0,
         provenance=source,
+        parent_adapter=run.parent_adapter,
     )
     final = artifacts.publish(paths.staging_dir, paths.final_dir, manifest)
     paths.discard()

@@ -148,7 +148,7 @@ async function refreshAdapters() {
         { "data-adapter-id": a.id, "data-run-id": a.id },
         el("td", {}, el("a", { href: `#/runs/${a.id}` }, a.id), el("div", { class: "path" }, a.path)),
         el("td", {}, `${fmt.num(m.baseValLoss)} → ${fmt.num(m.adapterValLoss)}`),
-        el("td", { title: a.promotion ? a.promotion.reason : "" }, gate),
+        el("td", { title: Gate.title(a.promotion) }, gate),
         el("td", {}, (a.tags || []).join(", ")),
         el("td", {}, action),
       );
@@ -249,6 +249,7 @@ function showRunInfo(run) {
     if (run.promotion) rows.push(["promotion", `${run.promotion.decision}: ${run.promotion.reason}`]);
     $("result-list").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     $("run-result").hidden = false;
+    Gate.show(run); // gate.js: the gate card, the lineage and the samples
   }
   if (run.status === "failed") setMessage($("run-message"), `${run.errorCode}: ${run.errorMessage}`, "error");
   if (run.status === "cancelled") setMessage($("run-message"), run.errorMessage || "Cancelled", "");
@@ -378,6 +379,7 @@ async function showRun(runId) {
   $("progress-bar").style.width = "0";
   $("log").replaceChildren();
   $("run-result").hidden = true;
+  Gate.clear();
   setMessage($("run-message"), "");
   setFeedState("connecting");
   view.chart = view.chart || new LossChart($("chart"));

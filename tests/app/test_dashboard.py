@@ -17,13 +17,22 @@ def test_index_and_its_assets_are_served(feed_env: FeedEnv) -> None:
     assert page.headers["Cache-Control"] == "no-cache"
     html = page.get_data(as_text=True)
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
-    assert set(assets) == {"/static/style.css", "/static/chart.js", "/static/app.js"}
+    assert set(assets) == {
+        "/static/style.css",
+        "/static/chart.js",
+        "/static/gate.js",
+        "/static/app.js",
+    }
     for asset in assets:
         response = client.get(asset)
         assert response.status_code == 200, asset
         response.close()
     for element in ("config", "start", "runs", "adapters", "chart", "cancel", "stat-eta"):
         assert f'id="{element}"' in html, element
+    # the run page's gate card, lineage and samples (filled by gate.js)
+    for element in ("gate", "gate-decision", "gate-criteria", "gate-drift", "samples"):
+        assert f'id="{element}"' in html, element
+    assert 'id="run-lineage"' in html and 'id="samples-card"' in html
 
 
 def test_no_asset_reaches_outside_the_api() -> None:
@@ -43,3 +52,16 @@ def test_the_api_it_uses_exists(feed_env: FeedEnv) -> None:
     assert client.get("/api/finetune?limit=50").status_code == 200
     assert client.get(f"/api/finetune/{run_id}/events?after=0&limit=1000").status_code == 200
     assert "/ws${after}" in script and "/cancel" in script
+
+
+def test_gate_js_sets_text_only_and_fetches_the_adapter(feed_env: FeedEnv) -> None:
+    """Samples are model output from debate traces: gate.js never parses data as HTML, and
+    the adapter endpoint it reads (samples, lineage) answers 404 JSON for an unknown id."""
+    script = (STATIC / "gate.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink
+    assert "textContent" in script and "/api/adapters/${" in script
+    app = (STATIC / "app.js").read_text()
+    assert "Gate.show(run)" in app and "Gate.clear()" in app and "Gate.title(" in app
+    response = feed_env.app.test_client().get("/api/adapters/run_nothere001")
+    assert response.status_code == 404 and response.is_json

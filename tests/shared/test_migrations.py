@@ -46,6 +46,8 @@ RUN_COLUMNS = {
     # 0004: preference training
     "train_pairs",
     "val_pairs",
+    # 0005: warm start
+    "parent_adapter",
 }
 PROGRESS_COLUMNS = {
     "id",
@@ -88,7 +90,7 @@ def _insert_run(connection: sa.Connection, run_id: str, **values: object) -> Non
 def test_upgrade_downgrade_round_trip(database_url: str, engine: sa.Engine) -> None:
     assert migrate.current_revision(database_url) is None
     migrate.upgrade(database_url)
-    assert migrate.current_revision(database_url) == migrate.head_revision() == "0004"
+    assert migrate.current_revision(database_url) == migrate.head_revision() == "0005"
     assert {"finetune_runs", "finetune_progress", "alembic_version"} <= _tables(engine)
 
     migrate.downgrade(database_url)
@@ -96,14 +98,14 @@ def test_upgrade_downgrade_round_trip(database_url: str, engine: sa.Engine) -> N
     assert _tables(engine) & {"finetune_runs", "finetune_progress"} == set()
 
     migrate.upgrade(database_url)  # and up again, cleanly
-    assert migrate.current_revision(database_url) == "0004"
+    assert migrate.current_revision(database_url) == "0005"
     assert {"finetune_runs", "finetune_progress"} <= _tables(engine)
 
 
 def test_upgrade_is_idempotent(database_url: str) -> None:
     migrate.upgrade(database_url)
     migrate.upgrade(database_url)
-    assert migrate.current_revision(database_url) == "0004"
+    assert migrate.current_revision(database_url) == "0005"
 
 
 def test_columns_and_indexes(migrated_url: str, engine: sa.Engine) -> None:
@@ -203,7 +205,7 @@ def test_sqlite_folder_is_created(tmp_path) -> None:  # noqa: ANN001
     url = f"sqlite:///{tmp_path / 'a' / 'b' / 'runs.db'}"
     migrate.upgrade(url)
     assert (tmp_path / "a" / "b" / "runs.db").exists()
-    assert migrate.current_revision(url) == "0004"
+    assert migrate.current_revision(url) == "0005"
 
 
 def test_normalise_url() -> None:

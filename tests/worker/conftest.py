@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from shared.settings import Settings
+from tests.eval_data import VAL_ROWS, random_adapter
 from worker.training.job import TrainJob
 
 if TYPE_CHECKING:
@@ -72,3 +74,34 @@ def tiny_job(
         checkpoint_dir=work / "checkpoints",
         emitter=Emitter(run_id, [events.append]),
     )
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return random_adapter(tiny_model, root / "a", 1), random_adapter(tiny_model, root / "b", 2)
+
+
+@pytest.fixture(scope="module")
+def val_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("val") / "val.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in VAL_ROWS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def rt(settings: Settings, migrated_url: str, trace_store, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A worker Runtime on the test's database and fakeredis, used by the pipeline's steps."""
+    # imported here: the backend suite loads this file in Axolotl's environment, without them
+    import fakeredis
+
+    from shared.db import Database
+    from shared.runs import RunStore
+    from worker import pipeline
+    from worker.runtime import Runtime
+
+    settings = settings.replace(database_url=migrated_url)
+    db = Database(migrated_url)
+    runtime = Runtime(settings, db, fakeredis.FakeRedis(), RunStore(db))
+    monkeypatch.setattr(pipeline, "runtime", lambda: runtime)
+    return runtime

@@ -78,7 +78,7 @@ def test_activation_with_ollama_export_writes_the_gguf_in_process(
     printed = json.loads(out)
     assert code == 0 and printed["adapterId"] == "run_gguf01"
     assert Path(printed["export"]["path"]).is_file()
-    shown = json.loads(run(capsys, "show", "run_gguf01")[1])
+    shown = json.loads(run(capsys, "show", "run_gguf01", "--json")[1])
     assert shown["exports"]["gguf"]["path"] == printed["export"]["path"]
 
 

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from shared.errors import OutOfMemoryError
-from worker import evaluate
-from worker.evaluate import evaluate_adapter
+from tests.eval_data import VAL_ROWS, run_evaluation
+from worker import evaluate, inference
 
-VAL_ROWS = [
-    {"instruction": "Tom has 3 apples, buys 4. How many?", "input": "", "output": "3+4=7\n#### 7"},
-    {"instruction": "Describe the sky.", "input": "", "output": "The sky is blue and wide."},
-    {"instruction": "Double 6.", "input": "Show the work.", "output": "6*2=12\n#### 12"},
-    {"instruction": "Name a colour.", "input": "", "output": "Red is a colour."},
-    {"instruction": "Add 10 and 5.", "input": "", "output": "#### 15"},
-]
 LOSS_KEYS = {"base_val_loss", "adapter_val_loss", "base_perplexity", "adapter_perplexity"}
 GENERATION_KEYS = {"base_exact_match", "adapter_exact_match", "base_rouge_l", "adapter_rouge_l"}
 ALL_KEYS = (
@@ -34,47 +26,26 @@ ALL_KEYS = (
         "adapter_preference_accuracy",
         "reference_preference_accuracy",
         "preference_pairs_evaluated",
+        "reference_exact_match",
+        "reference_rouge_l",
+        "val_examples_left_out",
+        "per_example",
     }
 )
-ROW_KEYS = {"instruction", "reference", "base", "adapter", "baseScore", "adapterScore"}
-
-
-def _make_adapter(model_path: Path, folder: Path, seed: int) -> Path:
-    """A LoRA adapter with random (non-zero) weights, saved as training saves it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_path)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    config.init_lora_weights = False  # random B too: the adapter must change the model
-    model = get_peft_model(base, config)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(model_path).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("adapters")
-    return _make_adapter(tiny_model, root / "a", 1), _make_adapter(tiny_model, root / "b", 2)
-
-
-@pytest.fixture(scope="module")
-def val_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("val") / "val.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in VAL_ROWS), encoding="utf-8")
-    return path
-
-
-def _run(tiny_model: Path, adapter: Path, val: Path, **kwargs: object) -> dict:
-    options = {"max_len": 128, "batch_size": 2, "samples": 0, "max_new_tokens": 8, **kwargs}
-    return evaluate_adapter(tiny_model, adapter, val, **options)  # type: ignore[arg-type]
+ROW_KEYS = {
+    "instruction",
+    "reference",
+    "base",
+    "adapter",
+    "baseScore",
+    "adapterScore",
+    "active",
+    "activeScore",
+}
 
 
 def test_losses_and_generation_scores(tiny_model, adapters, val_path) -> None:
-    result = _run(tiny_model, adapters[0], val_path, samples=4, keep_samples=3)
+    result = run_evaluation(tiny_model, adapters[0], val_path, samples=4, keep_samples=3)
     assert result.keys() == ALL_KEYS
     assert result["val_examples_evaluated"] == len(VAL_ROWS)
     assert result["reference_val_loss"] is None
@@ -97,7 +68,7 @@ def test_losses_and_generation_scores(tiny_model, adapters, val_path) -> None:
 
 
 def test_no_generation_when_samples_is_zero(tiny_model, adapters, val_path) -> None:
-    result = _run(tiny_model, adapters[0], val_path, samples=0)
+    result = run_evaluation(tiny_model, adapters[0], val_path, samples=0)
     assert result["generation_examples"] == 0 and result["samples"] == []
     assert (result["exact_match_examples"], result["rouge_l_examples"]) == (0, 0)
     assert all(result[key] is None for key in GENERATION_KEYS)
@@ -118,7 +89,7 @@ def test_preference_accuracy_of_each_model_on_the_held_out_pairs(
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     candidate, other = adapters
-    result = _run(
+    result = run_evaluation(
         tiny_model, candidate, val_path, val_pairs_path=pairs, reference_adapter_dir=other
     )
     assert result["preference_pairs_evaluated"] == len(rows)
@@ -126,7 +97,7 @@ def test_preference_accuracy_of_each_model_on_the_held_out_pairs(
         value = result[f"{key}_preference_accuracy"]
         assert 0 <= value <= 1 and value * len(rows) == pytest.approx(round(value * len(rows)))
     # the same adapter as candidate and reference: the same accuracy
-    same = _run(
+    same = run_evaluation(
         tiny_model, candidate, val_path, val_pairs_path=pairs, reference_adapter_dir=candidate
     )
     assert same["reference_preference_accuracy"] == same["adapter_preference_accuracy"]
@@ -134,14 +105,16 @@ def test_preference_accuracy_of_each_model_on_the_held_out_pairs(
 
 
 def test_without_pairs_preference_accuracy_is_none(tiny_model, adapters, val_path, tmp_path):
-    result = _run(tiny_model, adapters[0], val_path, val_pairs_path=tmp_path / "missing.jsonl")
+    result = run_evaluation(
+        tiny_model, adapters[0], val_path, val_pairs_path=tmp_path / "missing.jsonl"
+    )
     assert result["preference_pairs_evaluated"] == 0
     assert result["adapter_preference_accuracy"] is None
     assert result["base_preference_accuracy"] is None
 
 
 def test_scores_are_none_for_a_kind_of_reference_not_asked(tiny_model, adapters, val_path) -> None:
-    result = _run(tiny_model, adapters[0], val_path, samples=1)  # only "#### 7"
+    result = run_evaluation(tiny_model, adapters[0], val_path, samples=1)  # only "#### 7"
     assert result["exact_match_examples"] == 1 and result["base_exact_match"] in (0.0, 1.0)
     assert result["rouge_l_examples"] == 0
     assert result["base_rouge_l"] is None and result["adapter_rouge_l"] is None
@@ -149,16 +122,16 @@ def test_scores_are_none_for_a_kind_of_reference_not_asked(tiny_model, adapters,
 
 def test_reference_adapter_scored_on_the_same_batches(tiny_model, adapters, val_path) -> None:
     candidate, other = adapters
-    alone = _run(tiny_model, candidate, val_path)
-    same = _run(tiny_model, candidate, val_path, reference_adapter_dir=candidate)
-    different = _run(tiny_model, candidate, val_path, reference_adapter_dir=other)
+    alone = run_evaluation(tiny_model, candidate, val_path)
+    same = run_evaluation(tiny_model, candidate, val_path, reference_adapter_dir=candidate)
+    different = run_evaluation(tiny_model, candidate, val_path, reference_adapter_dir=other)
     assert same["reference_val_loss"] == pytest.approx(same["adapter_val_loss"], abs=1e-6)
     assert different["reference_val_loss"] != pytest.approx(different["adapter_val_loss"])
     # Loading a second adapter changes neither the candidate's nor the base model's loss.
     for key in ("adapter_val_loss", "base_val_loss"):
         assert different[key] == pytest.approx(alone[key], abs=1e-6)
     # The other adapter, evaluated as the candidate, gives the loss it had as the reference.
-    swapped = _run(tiny_model, other, val_path)
+    swapped = run_evaluation(tiny_model, other, val_path)
     assert swapped["adapter_val_loss"] == pytest.approx(different["reference_val_loss"], abs=1e-6)
 
 
@@ -167,10 +140,10 @@ def test_batched_generation_matches_one_by_one(tiny_model, adapters, val_path) -
 
     tokenizer = AutoTokenizer.from_pretrained(adapters[0])
     model = evaluate._load_model(tiny_model, adapters[0], None)
-    config = evaluate._greedy_config(model, tokenizer, 12)
+    config = inference.greedy_config(model, tokenizer, 12)
     options = {"device": "cpu", "config": config}
-    batched = evaluate._generate(model, tokenizer, VAL_ROWS, batch_size=5, **options)
-    single = evaluate._generate(model, tokenizer, VAL_ROWS, batch_size=1, **options)
+    batched = inference.generate(model, tokenizer, VAL_ROWS, batch_size=5, **options)
+    single = inference.generate(model, tokenizer, VAL_ROWS, batch_size=1, **options)
     assert batched == single
     assert len(batched) == len(VAL_ROWS) and any(batched)
 
@@ -180,19 +153,19 @@ def test_greedy_config_stops_at_eos_and_bounds_length(tiny_model, adapters) -> N
 
     tokenizer = AutoTokenizer.from_pretrained(adapters[0])
     model = evaluate._load_model(tiny_model, adapters[0], None)
-    config = evaluate._greedy_config(model, tokenizer, 7)
+    config = inference.greedy_config(model, tokenizer, 7)
     assert config.do_sample is False and config.max_new_tokens == 7
     assert tokenizer.eos_token_id in config.eos_token_id
 
 
 def test_missing_reference_adapter_is_a_clear_error(tiny_model, adapters, val_path, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        _run(tiny_model, adapters[0], val_path, reference_adapter_dir=tmp_path / "nope")
+        run_evaluation(tiny_model, adapters[0], val_path, reference_adapter_dir=tmp_path / "nope")
 
 
 def test_negative_samples_rejected(tiny_model, adapters, val_path) -> None:
     with pytest.raises(ValueError, match="FINETUNE_EVAL_SAMPLES"):
-        _run(tiny_model, adapters[0], val_path, samples=-1)
+        run_evaluation(tiny_model, adapters[0], val_path, samples=-1)
 
 
 def test_out_of_memory_maps_to_the_pipeline_error(tiny_model, adapters, val_path, monkeypatch):
@@ -201,7 +174,7 @@ def test_out_of_memory_maps_to_the_pipeline_error(tiny_model, adapters, val_path
     def boom(*_args: object, **_kwargs: object) -> float:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(evaluate, "_mean_loss", boom)
+    monkeypatch.setattr(evaluate, "example_losses", boom)
     with pytest.raises(OutOfMemoryError, match="during evaluation") as caught:
-        _run(tiny_model, adapters[0], val_path)
+        run_evaluation(tiny_model, adapters[0], val_path)
     assert caught.value.code == "OOM"

@@ -5,45 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import fakeredis
 import pytest
 
-from shared.db import Database
-from shared.models import FineTuneRun
 from shared.names import cancel_key
 from shared.registry import AdapterRegistry
-from shared.runs import RunStore
-from shared.settings import Settings
 from tests.adapters import make_adapter
+from tests.helpers import pipeline_run
 from tests.worker.conftest import tiny_config
 from worker import pipeline
-from worker.promote import gate_and_deliver
+from worker.promote import evidence, gate_and_deliver
 from worker.runtime import Runtime
-
-
-@pytest.fixture
-def rt(
-    settings: Settings, migrated_url: str, trace_store, monkeypatch: pytest.MonkeyPatch
-) -> Runtime:
-    settings = settings.replace(database_url=migrated_url)
-    db = Database(migrated_url)
-    runtime = Runtime(settings, db, fakeredis.FakeRedis(), RunStore(db))
-    monkeypatch.setattr(pipeline, "runtime", lambda: runtime)
-    return runtime
-
-
-def _new_run(rt: Runtime, config: dict, run_id: str = "run_abc123") -> str:
-    with rt.db.session() as session:
-        session.add(
-            FineTuneRun(
-                id=run_id,
-                base_model=config["baseModel"],
-                config=json.dumps(config),
-                active_slot=1,
-                log_path=str(rt.settings.log_dir / f"{run_id}.log"),
-            )
-        )
-    return run_id
 
 
 def _published(rt: Runtime, run_id: str) -> dict:
@@ -51,7 +22,7 @@ def _published(rt: Runtime, run_id: str) -> dict:
 
 
 def test_three_steps_complete_a_run(rt: Runtime, tiny_model: Path) -> None:
-    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    run_id = pipeline_run(rt, tiny_config(rt.settings, tiny_model))
     assert pipeline.export_step(run_id)["status"] == "exported"
     assert rt.runs.get(run_id).status == "running"
     assert pipeline.train_step(run_id)["status"] == "trained"
@@ -80,7 +51,7 @@ def test_three_steps_complete_a_run(rt: Runtime, tiny_model: Path) -> None:
 
 
 def test_export_with_too_few_traces_fails_the_run(rt: Runtime, tiny_model: Path) -> None:
-    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model, minQualityScore=10.0))
+    run_id = pipeline_run(rt, tiny_config(rt.settings, tiny_model, minQualityScore=10.0))
     rt.settings.traces_db_path.unlink()
     from shared.traces import Trace, TraceStore
 
@@ -100,7 +71,7 @@ def test_a_missing_backend_fails_before_the_model_is_looked_up(
 ) -> None:
     rt.settings = rt.settings.replace(python_path=str(rt.settings.temp_dir / "no-python"))
     config = tiny_config(rt.settings, tiny_model, backend="axolotl", baseModel="no-such:tag")
-    run_id = _new_run(rt, config)
+    run_id = pipeline_run(rt, config)
     pipeline.export_step(run_id)
     assert pipeline.train_step(run_id)["status"] == "failed"
     run = rt.runs.get(run_id)
@@ -110,7 +81,7 @@ def test_a_missing_backend_fails_before_the_model_is_looked_up(
 
 
 def test_cancel_flag_before_training_cancels(rt: Runtime, tiny_model: Path) -> None:
-    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    run_id = pipeline_run(rt, tiny_config(rt.settings, tiny_model))
     pipeline.export_step(run_id)
     rt.redis.set(cancel_key(run_id), "1")
     assert pipeline.train_step(run_id)["status"] == "cancelled"
@@ -122,7 +93,7 @@ def test_cancel_flag_before_training_cancels(rt: Runtime, tiny_model: Path) -> N
 def test_unexpected_errors_fail_the_run_with_the_reason(
     rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    run_id = pipeline_run(rt, tiny_config(rt.settings, tiny_model))
     pipeline.export_step(run_id)
 
     def broken(job):  # type: ignore[no-untyped-def]
@@ -139,7 +110,7 @@ def test_oom_retries_with_half_the_batch_then_succeeds(
     rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TMDE_TEST_RAISE_OOM", "2:2")  # step 2, only while batch >= 2
-    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model, batchSize=2, gradAccum=1))
+    run_id = pipeline_run(rt, tiny_config(rt.settings, tiny_model, batchSize=2, gradAccum=1))
     pipeline.export_step(run_id)
     assert pipeline.train_step(run_id)["status"] == "trained"
     run = rt.runs.get(run_id)
@@ -155,7 +126,7 @@ def test_an_oom_in_the_dpo_stage_retries_dpo_alone(
     config = tiny_config(
         rt.settings, tiny_model, objective="sft+dpo", batchSize=2, gradAccum=1, dpoMaxSteps=3
     )
-    run_id = _new_run(rt, config)
+    run_id = pipeline_run(rt, config)
     pipeline.export_step(run_id)
     assert pipeline.train_step(run_id)["status"] == "trained"
     run = rt.runs.get(run_id)
@@ -174,7 +145,7 @@ def test_oom_that_persists_fails_the_run_with_code_oom(
     rt: Runtime, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TMDE_TEST_RAISE_OOM", "1:1")
-    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model, batchSize=2, gradAccum=1))
+    run_id = pipeline_run(rt, tiny_config(rt.settings, tiny_model, batchSize=2, gradAccum=1))
     pipeline.export_step(run_id)
     assert pipeline.train_step(run_id)["status"] == "failed"
     run = rt.runs.get(run_id)
@@ -196,7 +167,7 @@ def test_kept_adapters_reload_with_peft_and_suit_vllm(rt: Runtime, tiny_model: P
     registry = AdapterRegistry(rt.settings.lora_output_dir)
     ids = []
     for run_id in ("run_aaaaaa", "run_bbbbbb"):
-        _new_run(rt, tiny_config(rt.settings, tiny_model), run_id)
+        pipeline_run(rt, tiny_config(rt.settings, tiny_model), run_id)
         for step in (pipeline.export_step, pipeline.train_step, pipeline.evaluate_step):
             assert step(run_id)["status"] != "failed", rt.runs.get(run_id).error_message
         ids.append(run_id)
@@ -218,7 +189,8 @@ def test_kept_adapters_reload_with_peft_and_suit_vllm(rt: Runtime, tiny_model: P
     # delivery: a promotion with OLLAMA_EXPORT=true writes the GGUF LoRA + Modelfile, records
     # it in the manifest, and the adapter still verifies (exports/ is outside the seal)
     settings = rt.settings.replace(ollama_export=True, promote_min_delta=0.0)
-    evaluation = {"adapter_val_loss": 0.5, "base_val_loss": 1.0, "reference_val_loss": None}
+    per_example = {"tokens": [10] * 4, "adapter": [5.0] * 4, "base": [10.0] * 4, "reference": None}
+    evaluation = evidence({}, per_example)  # a clear gain: 0.5 nats/token on every example
     active = registry.active_id()  # the two runs may have promoted themselves already
     if active == "run_bbbbbb":
         registry.rollback()
@@ -239,7 +211,7 @@ def test_a_two_process_run_completes_with_each_event_stored_once(
     rt: Runtime, tiny_model: Path
 ) -> None:
     rt.settings = rt.settings.replace(nproc=2)
-    run_id = _new_run(rt, tiny_config(rt.settings, tiny_model))
+    run_id = pipeline_run(rt, tiny_config(rt.settings, tiny_model))
     for step in (pipeline.export_step, pipeline.train_step, pipeline.evaluate_step):
         assert step(run_id)["status"] != "failed", rt.runs.get(run_id).error_message
     run = rt.runs.get(run_id)

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import pytest
 
+from shared.promotion import Evidence
 from shared.registry import AdapterRegistry
 from shared.settings import Settings
 from tests.adapters import make_adapter
-from worker.promote import gate_and_deliver, reference_adapter
+from worker.promote import evidence, gate_and_deliver, reference_adapter
 
 
-def _evaluation(adapter: float, base: float = 1.0, reference: float | None = None) -> dict:
-    return {"adapter_val_loss": adapter, "base_val_loss": base, "reference_val_loss": reference}
+def _evaluation(adapter: float, base: float = 1.0, reference: float | None = None) -> Evidence:
+    """Ten held-out examples of 10 tokens each, every one at the given losses per token."""
+    per_example = {
+        "tokens": [10] * 10,
+        "adapter": [adapter * 10] * 10,
+        "base": [base * 10] * 10,
+        "reference": None if reference is None else [reference * 10] * 10,
+    }
+    return evidence({"exact_match_examples": 0}, per_example)
 
 
 @pytest.fixture
@@ -101,3 +109,37 @@ def test_reference_is_the_active_adapter_of_the_same_base_model(
     assert reference_adapter(registry, "qwen3:8b") == (None, None)  # another base model
     (path / "adapter_config.json").write_text("{}")  # tampered: not trusted as a reference
     assert reference_adapter(registry, "smollm2:135m") == (None, None)
+
+
+def test_evidence_compares_with_the_reference_adapter_where_one_was_scored() -> None:
+    figures = {
+        "exact_match_examples": 4,
+        "adapter_exact_match": 0.5,
+        "base_exact_match": 0.25,
+        "reference_exact_match": 0.75,
+        "adapter_preference_accuracy": 0.9,
+        "base_preference_accuracy": 0.5,
+        "reference_preference_accuracy": 0.8,
+        "preference_pairs_evaluated": 10,
+        "adapter_probe_loss": 1.3,
+        "base_probe_loss": 1.1,
+        "probe_prompts": 8,
+        "val_examples_left_out": 2,
+    }
+    per_example = {"tokens": [5], "adapter": [1.0], "base": [3.0], "reference": [2.0]}
+    found = evidence(figures, per_example)
+    assert (found.reference_losses, found.reference_generation) == ([2.0], 0.75)
+    assert (found.generation_metric, found.generation_examples) == ("exactMatch", 4)
+    assert (found.reference_preference, found.base_probe_loss) == (0.8, 1.1)
+    assert found.examples_left_out == 2
+    against_base = evidence(figures, {**per_example, "reference": None})
+    assert (against_base.reference_losses, against_base.reference_generation) == ([3.0], 0.25)
+    assert against_base.reference_preference == 0.5
+
+
+def test_evidence_falls_back_to_rouge_l_then_to_not_measured() -> None:
+    per_example = {"tokens": [5], "adapter": [1.0], "base": [3.0], "reference": None}
+    rouge = {"rouge_l_examples": 3, "adapter_rouge_l": 0.4, "base_rouge_l": 0.3}
+    found = evidence(rouge, per_example)
+    assert (found.generation_metric, found.candidate_generation) == ("rougeL", 0.4)
+    assert evidence({}, per_example).candidate_generation is None

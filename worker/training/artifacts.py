@@ -61,6 +61,7 @@ def build_manifest(
     provenance: dict[str, Any],
     train_pairs: int = 0,
     val_pairs: int = 0,
+    parent_adapter: str | None = None,
 ) -> dict[str, Any]:
     """manifest.json of seed §6.1 (sha256 and sizeBytes are filled in by `publish`)."""
     return {
@@ -74,6 +75,8 @@ def build_manifest(
         "objective": config.objective,
         "trainPairs": train_pairs,
         "valPairs": val_pairs,
+        # the adapter it continued (warm start); GET /api/adapters/<id> follows the chain
+        "parentAdapter": parent_adapter,
         "isActive": False,
         "tags": [],
         "sizeBytes": 0,

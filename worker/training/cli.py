@@ -30,8 +30,10 @@ from shared.errors import InsufficientDataError, PipelineError
 from shared.events import Emitter, stdout_sink
 from shared.fields import allowed, base_type
 from shared.names import ExitCode
+from shared.registry import AdapterRegistry
 from shared.run_config import FIELDS, ConfigError, FineTuneConfig, build_config
 from shared.settings import Settings
+from shared.warm_start import parent_adapter
 
 # Fields that decide the export (which traces, which split, how many answers are generated
 # after training), not this script: its data is already split into --train-data / --val-data.
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     emitter = Emitter(args.run_id, [stdout_sink()])
     try:
         config = config_from_args(args, settings)
+        parent = parent_adapter(settings, config)  # --init-from active: the active adapter
     except ConfigError as exc:
         flags = config_flags()
         by_alias = {FIELDS[name].alias: flag for name, flag in flags.items()}
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     staging = args.output_dir.with_name(f".{args.output_dir.name}.partial")
     try:
-        return _train(args, config, emitter, staging, lambda: cancelled["flag"], settings)
+        init = AdapterRegistry(settings.lora_output_dir).path(parent) if parent else None
+        return _train(args, config, emitter, staging, lambda: cancelled["flag"], settings, init)
     except PipelineError as exc:
         emitter.emit("error", code=exc.code, message=exc.message, suggestion=exc.suggestion)
         print(f"ERROR: {exc.message}", file=sys.stderr)
@@ -141,6 +145,7 @@ def _train(
     staging: Path,
     should_cancel,
     settings: Settings,
+    init_adapter: Path | None = None,
 ) -> int:  # type: ignore[no-untyped-def]
     from worker.training.artifacts import write_training_files
     from worker.training.backends import run_backend
@@ -166,6 +171,7 @@ def _train(
         emitter=emitter,
         should_cancel=should_cancel,
         torch_threads=settings.torch_threads,
+        init_adapter=init_adapter,
     )
     result = run_backend(job)
     write_training_files(job.adapter_dir, result.hyperparameters, result.metrics)

@@ -64,7 +64,7 @@ KILLED_RANK = re.compile(
 )
 STOP_GRACE_SECONDS = 30
 PATH_FIELDS = ("model_path", "train_path", "val_path", "adapter_dir", "checkpoint_dir")
-OPTIONAL_PATHS = ("train_pairs_path", "val_pairs_path")
+OPTIONAL_PATHS = ("train_pairs_path", "val_pairs_path", "init_adapter")
 
 
 def job_to_dict(job: TrainJob) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class TrainJob:
                     `dpo/` it is the DPO stage's (worker/training/stages.py)
     python_path:    the interpreter of Axolotl's environment (PYTHON_PATH); None reads it from
                     the environment's settings
+    init_adapter:   a published adapter folder whose weights the run starts from (warm start,
+                    initFrom "active"); None starts a fresh LoRA
     """
 
     run_id: str
@@ -54,6 +56,7 @@ class TrainJob:
     python_path: str | None = None
     train_pairs_path: Path | None = None
     val_pairs_path: Path | None = None
+    init_adapter: Path | None = None
 
 
 @dataclass

@@ -29,8 +29,11 @@ def train_objective(
     dpo_overrides: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` (plain with `peft_config`, or already a PEFT model) for job.config's
-    objective. `dpo_overrides` adjusts the DPO arguments as the backend adjusts SFT's."""
+    objective, from job.init_adapter's weights when set. `dpo_overrides` adjusts the DPO
+    arguments as the backend adjusts SFT's."""
     plan = stages.plan(job)
+    if job.init_adapter is not None:  # warm start: the first stage trains the parent's weights
+        model, peft_config = policy_with_adapter(model, peft_config, job.init_adapter)
     sft = plan.sft
     dpo_resume = plan.resume_from if plan.stages == ("dpo",) else None
     if plan.stages[0] == "sft":

@@ -335,7 +335,7 @@ def _train_dpo(
         bf16=bf16,
         pair_files=(train_pairs, val_pairs),
         chat=chat,
-        sft_adapter=stages.sft_adapter_dir(job.checkpoint_dir) if sft else None,
+        sft_adapter=stages.sft_adapter_dir(job.checkpoint_dir) if sft else job.init_adapter,
         resume_from=resume_from,
     )
     replay = Replay(

@@ -209,6 +209,8 @@ def generate_config(
         cfg["max_steps"] = c.max_steps
     if job.resume_from:
         cfg["resume_from_checkpoint"] = str(job.resume_from)
+    if job.init_adapter is not None:  # warm start: Axolotl's SFT loads it trainable
+        cfg["lora_model_dir"] = str(job.init_adapter)
     cfg.update(_device_settings(cfg, cuda=cuda, bf16=bf16, packing=c.packing))
     return cfg
 

@@ -1,0 +1,1 @@
+"""The forgetting probe: fixed general prompts for measuring drift outside the tuned domain."""
