@@ -121,7 +121,7 @@ def _figures(name: str, c: dict[str, Any]) -> str:
     return " | ".join(part for part in parts if part)
 
 
-def _gate(promotion: dict[str, Any]) -> list[str]:
+def gate_lines(promotion: dict[str, Any]) -> list[str]:
     """The gate's record; an old one (no interval, no criteria) shows the fields it has."""
     p = promotion
     decided = f" (decided by {p['decidedBy']})" if p.get("decidedBy") else ""
@@ -190,7 +190,7 @@ def _summary(
     if adapter.get("tags"):
         lines.append(f"tags         {', '.join(adapter['tags'])}")
     promotion = adapter.get("promotion")
-    lines += _gate(promotion) if isinstance(promotion, dict) else ["gate         -"]
+    lines += gate_lines(promotion) if isinstance(promotion, dict) else ["gate         -"]
     lines.append(f"samples      {len(samples)}")
     for i, row in enumerate(samples, start=1):
         lines += [f"  [{i}]", *_text("question", row.get("instruction"))]

@@ -193,8 +193,10 @@ def report(run: dict) -> None:
         print(f"debate:   {preference} (objective {run['config'].get('objective')})")
     promotion = run.get("promotion") or {}
     if promotion:
-        print(f"promotion: {promotion['decision']} ({promotion['reason']})")
-        print("registry: tmde-finetune adapters list   (activate / rollback / export-gguf)")
+        from worker.adapters_cli import gate_lines
+
+        print("\n".join(gate_lines(promotion)))
+        print(f"registry: tmde-finetune adapters show {run['id']}   (list / activate / rollback)")
     samples_file = Path(adapter or "") / "samples.json"
     if adapter and samples_file.is_file():
         sample = json.loads(samples_file.read_text())[0]
@@ -209,6 +211,9 @@ def run_demo(args: argparse.Namespace) -> ExitCode:
     data_dir = Path("data")
     data_dir.mkdir(exist_ok=True)
     env = dict(os.environ)
+    # The forgetting probe's base answers are generated once per base model; 48 of the 240
+    # prompts keep that under half a minute on two CPU cores (FINETUNE_PROBE_PROMPTS overrides).
+    env.setdefault("FINETUNE_PROBE_PROMPTS", "48")
     started: list[subprocess.Popen] = []
     try:
         if not redis_answers(settings.redis_url):

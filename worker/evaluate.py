@@ -246,7 +246,7 @@ def evaluate_adapter(
         losses = _losses(model, batches(tokenizer, examples, **batching), with_reference)
         preferences = _preferences(model, tokenizer, pairs, batching, with_reference)
         answers = _answers(model, tokenizer, asked, with_reference, options)
-        drift = probe_drift(model, tokenizer, model_path, probe, batching) if probe else {}
+        drift = probe_drift(model, tokenizer, model_path, probe) if probe else {}
     except torch.OutOfMemoryError as exc:
         raise OutOfMemoryError(f"Out of memory during evaluation: {exc}") from exc
     return {

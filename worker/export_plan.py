@@ -29,12 +29,13 @@ SPLIT_BUCKETS = 1_000_000
 
 
 def instruction_hash(instruction: str) -> bytes:
-    return hashlib.sha256(" ".join(instruction.split()).lower().encode()).digest()[:16]
+    """The export's duplicate key (16 bytes; trained_set keeps 8 of the same digest)."""
+    return trained_set.digest(instruction)[:16]
 
 
 def is_validation(instruction: str, val_ratio: float, seed: int) -> bool:
     """Deterministic per-instruction split: the same instruction always lands on the same side."""
-    digest = hashlib.sha256(f"{seed}:{' '.join(instruction.split()).lower()}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{trained_set.normalised(instruction)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % SPLIT_BUCKETS < val_ratio * SPLIT_BUCKETS
 
 

@@ -25,8 +25,17 @@ FILE = "trained_instructions.bin"
 KEY_BYTES = 8
 
 
+def normalised(instruction: str) -> str:
+    """The instruction as duplicates are compared: case and whitespace do not count."""
+    return " ".join(instruction.split()).lower()
+
+
+def digest(instruction: str) -> bytes:
+    return hashlib.sha256(normalised(instruction).encode()).digest()
+
+
 def key(instruction: str) -> bytes:
-    return hashlib.sha256(" ".join(instruction.split()).lower().encode()).digest()[:KEY_BYTES]
+    return digest(instruction)[:KEY_BYTES]
 
 
 def keys_of(jsonl: Path) -> set[bytes]:

@@ -40,6 +40,8 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         "FINETUNE_LOG_DIR": str(settings.log_dir),
         "MODEL_CACHE_DIR": str(settings.model_cache_dir),
         "FINETUNE_MIN_TRACES": str(settings.min_traces),
+        "FINETUNE_PROBE_PROMPTS": str(settings.probe_prompts),
+        "FINETUNE_PROBE_MAX_NEW_TOKENS": str(settings.probe_max_new_tokens),
         "PYTHONUNBUFFERED": "1",
     }
 

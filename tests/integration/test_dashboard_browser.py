@@ -378,7 +378,7 @@ def _seed_gated_runs(service: Service) -> dict[str, Any]:
     """Published adapters as the gate records them now (criteria, interval, samples with the
     active adapter's answers, a parent and a grandparent) and as it did before (no criteria,
     no interval, no samples), each with its completed run."""
-    from tests.worker.test_adapters_cli_show import (
+    from tests.gate_records import (
         FULL_PROMOTION,
         OLD_PROMOTION,
         SAMPLES,

@@ -180,3 +180,43 @@ def test_sse_feed_streams_until_the_terminal_event(service: Service, tiny_model:
             if line and line.startswith("data: "):
                 seen.append(json.loads(line[6:])["type"])
     assert seen[-1] == "complete" and "progress" in seen
+
+
+def test_a_warm_start_continues_the_active_adapter(service: Service, tiny_model: Path) -> None:
+    from shared.demo_traces import generate
+    from shared.traces import TraceStore
+
+    sft = {"objective": "sft", "learningRate": 0.01}
+    log = EventLog(service)
+    parent = log.run_id = _start(service, tiny_model, **sft)
+    assert log.wait_for(lambda e: e["type"] in ("complete", "error"))["type"] == "complete"
+    url = service.base_url
+    if not requests.get(f"{url}/api/adapters/{parent}").json()["isActive"]:
+        assert requests.post(f"{url}/api/adapters/{parent}/activate", json={}).status_code == 200
+    new = generate(150)[120:]
+    for trace in new:
+        trace.id, trace.query = f"new-{trace.id}", f"Next week: {trace.query}"
+    TraceStore(service.settings.traces_db_path).add_many(new)
+
+    refused = requests.post(
+        f"{url}/api/finetune",
+        json={"config": {"baseModel": str(tiny_model), **TINY, "initFrom": "active",
+                         "loraRank": 4}},
+    )  # fmt: skip
+    assert refused.status_code == 400 and "loraRank" in refused.json()["fields"]["initFrom"]
+
+    log = EventLog(service)
+    child = log.run_id = _start(service, tiny_model, **sft, initFrom="active")
+    assert log.wait_for(lambda e: e["type"] in ("complete", "error"))["type"] == "complete"
+    run = _run(service, child)
+    assert run["parentAdapter"] == parent
+    adapter = requests.get(f"{url}/api/adapters/{child}").json()
+    assert adapter["parentAdapter"] == parent
+    assert [entry["id"] for entry in adapter["lineage"]] == [parent]
+    export = adapter["provenance"]["exportManifest"]
+    assert export["newExamples"] > 0 and export["replayExamples"] > 0
+    assert run["trainExamples"] == export["newExamples"] + export["replayExamples"]
+    assert run["trainExamples"] < _run(service, parent)["trainExamples"]
+    promotion = run["promotion"]
+    assert promotion["reference"] == parent and len(promotion["improvementCi"]) == 2
+    assert set(promotion["criteria"]) == {"loss", "generation", "preference", "drift"}

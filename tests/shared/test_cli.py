@@ -28,7 +28,7 @@ def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 def test_db_upgrade_downgrade_current(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["db", "upgrade"]) == 0
-    assert "revision 0004 (head 0004)" in capsys.readouterr().out
+    assert "revision 0005 (head 0005)" in capsys.readouterr().out
     assert cli.main(["db", "downgrade"]) == 0
     assert "revision None" in capsys.readouterr().out
 

@@ -80,6 +80,7 @@ def test_defaults_come_from_settings() -> None:
         "dpoLearningRate": 1e-5,
         "dpoMaxSteps": None,
         "maxPairsPerPrompt": None,
+        "initFrom": "base",  # no setting: FINETUNE_INIT_FROM is for scheduled runs
     }
 
 

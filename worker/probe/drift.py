@@ -28,6 +28,8 @@ from worker.inference import batches, example_losses, generate, greedy_config, m
 
 PROMPTS_FILE = "prompts.jsonl"
 GENERATION_BATCH_SIZE = 8
+BATCH_SIZE = 8
+PROBE_MAX_LEN = 1024
 
 
 @dataclass(frozen=True)
@@ -63,45 +65,49 @@ def cache_path(model_path: Path, spec: ProbeSpec) -> Path:
 
 
 def base_answers(model: Any, tokenizer: Any, model_path: Path, spec: ProbeSpec) -> list[dict]:
-    """The probe examples with the base model's greedy answers: from the cache, or generated
-    (with the adapter disabled) and cached atomically."""
+    """The probe examples with the base model's greedy answers and its own loss on each
+    (summed over the answer's tokens): from the cache, or computed with the adapter disabled
+    and cached atomically. The base model never changes, so neither do they."""
     path = cache_path(model_path, spec)
     if path.is_file():
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     prompts = load_prompts(spec.prompts)
     config = greedy_config(model, tokenizer, spec.max_new_tokens)
+    device = str(model.device)
     with model.disable_adapter():
         answers = generate(
-            model,
-            tokenizer,
-            prompts,
-            str(model.device),
-            batch_size=GENERATION_BATCH_SIZE,
-            config=config,
+            model, tokenizer, prompts, device, batch_size=GENERATION_BATCH_SIZE, config=config
         )
-    examples = [{**p, "output": a} for p, a in zip(prompts, answers, strict=True)]
+        examples = [{**p, "output": a} for p, a in zip(prompts, answers, strict=True) if a]
+        losses, tokens = example_losses(model, _batches(tokenizer, examples, device))
+    rows = [
+        {**e, "baseLoss": loss, "tokens": count}
+        for e, loss, count in zip(examples, losses, tokens, strict=True)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     os.replace(temporary, path)
-    return examples
+    return rows
 
 
-def probe_drift(
-    model: Any, tokenizer: Any, model_path: Path, spec: ProbeSpec, batching: dict[str, Any]
-) -> dict[str, Any]:
+def _batches(tokenizer: Any, examples: list[dict], device: str) -> list:
+    # A fixed length, not the run's maxSeqLen: the cached base losses must fit every run, and
+    # a probe prompt with its answer is far shorter than this.
+    return batches(tokenizer, examples, max_len=PROBE_MAX_LEN, batch_size=BATCH_SIZE, device=device)
+
+
+def probe_drift(model: Any, tokenizer: Any, model_path: Path, spec: ProbeSpec) -> dict[str, Any]:
     """The candidate's and the base model's loss on the base model's probe answers, and the
     drift (their difference). An answer that came out empty carries no tokens to score."""
-    examples = [e for e in base_answers(model, tokenizer, model_path, spec) if e["output"]]
-    if not examples:
+    rows = base_answers(model, tokenizer, model_path, spec)
+    if not rows:
         return {"probe_prompts": 0}
-    batched = batches(tokenizer, examples, **batching)
-    candidate = example_losses(model, batched)
-    with model.disable_adapter():
-        base = example_losses(model, batched)
-    candidate_loss, base_loss = mean_loss(*candidate), mean_loss(*base)
+    losses, tokens = example_losses(model, _batches(tokenizer, rows, str(model.device)))
+    candidate_loss = mean_loss(losses, tokens)
+    base_loss = mean_loss([r["baseLoss"] for r in rows], [r["tokens"] for r in rows])
     return {
-        "probe_prompts": len(examples),
+        "probe_prompts": len(rows),
         "base_probe_loss": round(base_loss, 6),
         "adapter_probe_loss": round(candidate_loss, 6),
         "probe_drift": round(candidate_loss - base_loss, 6),
