@@ -83,15 +83,21 @@ def _losses(model: Any, batched: list, with_reference: bool) -> dict[str, Any]:
     tokens = adapter[1]
 
     def mean(measured: tuple[list[float], list[int]] | None) -> float | None:
-        return None if measured is None else round(mean_loss(measured[0], tokens), 6)
+        """None without a model or without an example left to score (not a loss of 0)."""
+        if measured is None or not sum(tokens):
+            return None
+        return round(mean_loss(measured[0], tokens), 6)
+
+    def perplexity(loss: float | None) -> float | None:
+        return None if loss is None else round(math.exp(min(loss, 50)), 4)
 
     base_loss, adapter_loss = mean(base), mean(adapter)
     return {
         "base_val_loss": base_loss,
         "adapter_val_loss": adapter_loss,
         "reference_val_loss": mean(reference),
-        "base_perplexity": round(math.exp(min(base_loss, 50)), 4),
-        "adapter_perplexity": round(math.exp(min(adapter_loss, 50)), 4),
+        "base_perplexity": perplexity(base_loss),
+        "adapter_perplexity": perplexity(adapter_loss),
         "per_example": {
             "tokens": tokens,
             "base": base[0],

@@ -230,6 +230,8 @@ def export_traces(
     not trained on plus `replay_ratio` replayed old examples per new one (export_plan.py)."""
     if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
         raise ValueError(f"max_pairs_per_prompt must be positive, not {max_pairs_per_prompt}")
+    if (parent_adapter is None) != (parent_keys is None):
+        raise ValueError("a warm export needs both parent_adapter and parent_keys, or neither")
     eligible = store.count_fine_tune_traces(min_quality)
     plan = plan_splits(
         store.fine_tune_queries(min_quality),

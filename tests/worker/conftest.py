@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from shared.settings import Settings
-from tests.eval_data import VAL_ROWS, random_adapter
 from worker.training.job import TrainJob
 
 if TYPE_CHECKING:
@@ -78,12 +77,17 @@ def tiny_job(
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two random LoRA adapters on the tiny model (the evaluation tests' candidate, reference)."""
+    from tests.eval_data import random_adapter
+
     root = tmp_path_factory.mktemp("adapters")
     return random_adapter(tiny_model, root / "a", 1), random_adapter(tiny_model, root / "b", 2)
 
 
 @pytest.fixture(scope="module")
 def val_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.eval_data import VAL_ROWS
+
     path = tmp_path_factory.mktemp("val") / "val.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in VAL_ROWS), encoding="utf-8")
     return path

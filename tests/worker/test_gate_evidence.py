@@ -92,3 +92,20 @@ def test_another_prompt_count_is_another_cache_entry(tiny_model, tmp_path) -> No
     assert first != drift.cache_path(tiny_model, ProbeSpec(4, 9, tmp_path))
     assert first.parent == tmp_path / "probes"
     assert len(drift.load_prompts(240)) == 240 and len(drift.load_prompts(3)) == 3
+
+
+def test_with_every_row_left_out_there_is_no_loss_and_no_promotion(
+    tiny_model, adapters, val_path
+) -> None:
+    from shared.promotion import decide
+    from shared.settings import Settings
+    from worker.promote import evidence, rules
+
+    everything = {trained_set.key(row["instruction"]) for row in VAL_ROWS}
+    result = run_evaluation(tiny_model, adapters[0], val_path, exclude=everything, samples=2)
+    assert result["val_examples_left_out"] == len(VAL_ROWS)
+    assert result["adapter_val_loss"] is None and result["adapter_perplexity"] is None
+    per_example = result.pop("per_example")
+    promotion = decide(evidence(result, per_example), rules(Settings(), 0), reference="run_a")
+    assert promotion["decision"] == "rejected" and promotion["examplesLeftOut"] == len(VAL_ROWS)
+    assert "neither adapter trained on" in promotion["reason"]

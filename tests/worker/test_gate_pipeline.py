@@ -138,3 +138,36 @@ def test_a_warm_start_continues_the_parent_on_new_traces_plus_replay(rt, tiny_mo
     assert trained_set.read(registry.path("run_parent")) <= trained_set.read(
         registry.path("run_child")
     )
+
+
+def test_answers_that_got_worse_reject_naming_generation(rt, tiny_model, monkeypatch) -> None:
+    """The tiny model answers nothing right, so the answers are set here: the base model's
+    are the references, the adapter's wrong; everything else is the real pipeline."""
+    from worker import evaluate
+
+    def answers(model, tokenizer, asked, with_reference, options):  # noqa: ANN001, ANN202
+        right = [row["output"] for row in asked]
+        return right, ["I do not know."] * len(asked), None
+
+    monkeypatch.setattr(evaluate, "_answers", answers)
+    _with(rt, promote_max_drift=100.0)
+    config = tiny_config(rt.settings, tiny_model, **LEARNS, evalSamples=4)
+    promotion = _complete(rt, config, "run_worse_answers")
+    generation = promotion["criteria"]["generation"]
+    assert promotion["criteria"]["loss"]["verdict"] == "pass"
+    assert (generation["verdict"], generation["drop"]) == ("fail", 1.0)
+    assert promotion["decision"] == "rejected" and promotion["decidedBy"] == "generation"
+
+
+def test_a_fall_in_preference_accuracy_rejects_naming_it(rt, tiny_model, monkeypatch) -> None:
+    """Accuracies in the order evaluation measures them (candidate, then base): worse."""
+    from worker import evaluate
+
+    measured = iter([0.25, 0.75])
+    monkeypatch.setattr(evaluate, "preference_accuracy", lambda chosen, rejected: next(measured))
+    _with(rt, **LENIENT)
+    promotion = _complete(rt, tiny_config(rt.settings, tiny_model, **LEARNS), "run_worse_pref")
+    preference = promotion["criteria"]["preference"]
+    assert (preference["candidate"], preference["reference"]) == (0.25, 0.75)
+    assert promotion["decision"] == "rejected" and promotion["decidedBy"] == "preference"
+    assert rt.runs.get("run_worse_pref").val_pairs == preference["pairs"] > 0
