@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import spec_child  # noqa: E402 - bench/ is this script's folder
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "example_model_solutions.jsonl"
 SOLVERS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
@@ -127,10 +127,7 @@ def child(spec_path: Path) -> None:
     """One run in this process: train (unless base), evaluate, print one JSON line."""
     import resource
 
-    import torch
-
-    spec = json.loads(spec_path.read_text())
-    torch.set_num_threads(spec["threads"])
+    spec = spec_child.read_spec(spec_path)
     result: dict[str, Any] = {"objective": spec["objective"], "seed": spec["seed"]}
     adapter = None
     if spec["objective"] != "base":
@@ -139,7 +136,7 @@ def child(spec_path: Path) -> None:
         result["metrics"] = trained
     result.update(evaluate(spec, adapter))
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)
-    print("RESULT " + json.dumps(result), flush=True)
+    spec_child.report(result)
 
 
 def train(spec: dict[str, Any]) -> dict[str, Any]:
@@ -231,22 +228,8 @@ def evaluate(spec: dict[str, Any], adapter: Path | None) -> dict[str, Any]:
 
 
 def run_child(spec: dict[str, Any], work: Path) -> dict[str, Any]:
-    work.mkdir(parents=True, exist_ok=True)
-    spec = {**spec, "work": str(work)}
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", str(spec_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line.removeprefix("RESULT "))
-    raise RuntimeError(
-        f"run {spec['objective']} seed {spec['seed']} failed:\n{done.stderr[-3000:]}"
-    )
+    what = f"run {spec['objective']} seed {spec['seed']}"
+    return spec_child.run(__file__, {**spec, "work": str(work)}, work, what)
 
 
 def budget_steps(objective: str, budget: float, sft_step: float, dpo_step: float) -> dict:

@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import spec_child  # noqa: E402 - bench/ is this script's folder
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 SEED = 42
@@ -103,10 +103,7 @@ def debates(rows: list[dict[str, str]], start: int) -> list[Any]:
 
 def child(spec_path: Path) -> None:
     """One arm of one round in this process: train (unless none), count, evaluate."""
-    import torch
-
-    spec = json.loads(spec_path.read_text())
-    torch.set_num_threads(spec["threads"])
+    spec = spec_child.read_spec(spec_path)
     result: dict[str, Any] = {}
     started = time.monotonic()
     if spec.get("export"):
@@ -114,7 +111,7 @@ def child(spec_path: Path) -> None:
         result |= count_tokens(spec)
     result |= evaluate(spec)
     result["process_seconds"] = round(time.monotonic() - started, 1)
-    print("RESULT " + json.dumps(result), flush=True)
+    spec_child.report(result)
 
 
 def train(spec: dict[str, Any]) -> dict[str, Any]:
@@ -205,20 +202,8 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_child(spec: dict[str, Any], work: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     spec = {**spec, "work": str(work), "adapter": str(work / "adapter")}
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", str(spec_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return {**json.loads(line.removeprefix("RESULT ")), "adapter": spec["adapter"]}
-    raise RuntimeError(f"{work.name} failed:\n{done.stderr[-3000:]}")
+    return {**spec_child.run(__file__, spec, work, work.name), "adapter": spec["adapter"]}
 
 
 def run_rounds(args: argparse.Namespace, work: Path, model: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,14 +106,14 @@ def plan_splits(
 ) -> SplitPlan:
     keys, texts = _unique(queries)
     groups = near_duplicate_groups(texts)
-    old = [parent_keys is not None and trained_set.key(t) in parent_keys for t in texts]
-    group_old: dict[int, bool] = {}
+    # a trained_set key is the first bytes of the same digest as the export's hash
+    trained = parent_keys or set()
+    old = [key[: trained_set.KEY_BYTES] in trained for key in keys]
+    group_old = {rep: False for rep in groups}
     for index, rep in enumerate(groups):
-        group_old[rep] = group_old.get(rep, False) or old[index]
+        group_old[rep] = group_old[rep] or old[index]
     plan = SplitPlan(warm=parent_keys is not None)
-    sizes: dict[int, int] = {}
-    for rep in groups:
-        sizes[rep] = sizes.get(rep, 0) + 1
+    sizes = Counter(groups)
     plan.groups = sum(1 for size in sizes.values() if size > 1)
     plan.merged = len(groups) - len(sizes)
     val_group = {

@@ -50,7 +50,8 @@ def trained_sets(
     a warm start carries on weights that saw it."""
     candidate = trained_set.keys_of(export_dir / "train.jsonl")
     candidate |= trained_set.keys_of(export_dir / "train_pairs.jsonl")
-    if run.parent_adapter:
-        candidate |= parent_keys(settings, run.parent_adapter)
+    if run.parent_adapter:  # verified by the export and training steps: read it only
+        folder = AdapterRegistry(settings.lora_output_dir).path(run.parent_adapter)
+        candidate |= trained_set.read(folder) or set()
     reference = trained_set.read(reference_dir) if reference_dir is not None else set()
     return candidate, candidate | (reference or set()), reference is not None

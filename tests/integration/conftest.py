@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -176,3 +177,11 @@ class EventLog:
                     return event
             time.sleep(0.1)
         raise TimeoutError(f"no matching event; saw {[e['type'] for e in self.events]}")
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A page of a real headless Chromium (tests/integration/browser.py)."""
+    from tests.integration.browser import open_page
+
+    yield from open_page()
